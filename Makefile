@@ -1,0 +1,32 @@
+# kpi_pipelines: `make demo`, `make test`, `make dev` work on a fresh clone with only Python.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install demo test test-duckdb dev bench clean
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/kpi demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest kpi_pipelines_tests
+
+dev: $(STAMP)
+	$(BIN)/python -c "from kpi_pipelines.cli import dagster_home; dagster_home()"
+	$(BIN)/dagster dev -w workspace.yaml
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) data .dagster_home *.egg-info

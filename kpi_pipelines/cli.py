@@ -1,0 +1,316 @@
+"""The `kpi` command (README: "Command line"). Every error is one line on stderr and a
+non-zero exit; set KPI_DEBUG=1 to see the traceback as well."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+from kpi_pipelines.settings import Settings, setting
+
+
+class UsageError(Exception):
+    """Bad input on the command line: exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage dump
+        raise UsageError(message)
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def _warehouse(settings: Settings):
+    from kpi_pipelines.warehouse import Warehouse
+
+    return Warehouse(settings.warehouse_url, settings.warehouse_schema or None)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from kpi_pipelines.synthetic import generate
+
+    traffic = generate(Path(args.out), days=args.days, sessions=args.sessions, seed=args.seed, start=args.start)
+    print(
+        f"wrote {traffic.events} events ({traffic.bad_lines} invalid and {traffic.duplicate_lines} repeated on purpose) "
+        f"to {traffic.events_path}\nwrote {traffic.products} products to {traffic.catalog_path}\n"
+        f"wrote {traffic.judgments} judgments to {traffic.judgments_path}"
+    )
+    return 0
+
+
+def ingest_files(settings: Settings, files: Sequence[str]) -> tuple[int, int, int]:
+    from kpi_pipelines.ingestion.loader import EventLoader
+
+    loader = EventLoader(_warehouse(settings), settings.pii_salt)
+    totals = [0, 0, 0]
+    for name in files:
+        result = loader.load_file(name)
+        print(f"{name}: {result.accepted} accepted, {result.duplicates} duplicates, {result.rejected} rejected")
+        totals = [totals[0] + result.accepted, totals[1] + result.duplicates, totals[2] + result.rejected]
+    if len(files) > 1:
+        print(f"total: {totals[0]} accepted, {totals[1]} duplicates, {totals[2]} rejected")
+    return totals[0], totals[1], totals[2]
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    ingest_files(Settings.from_env(warn_salt=True), args.files)
+    return 0
+
+
+def _load_reference(args: argparse.Namespace, kind: str) -> int:
+    from kpi_pipelines.ingestion.catalog import load_catalog, load_judgments
+
+    loader = load_catalog if kind == "catalog" else load_judgments
+    result = loader(_warehouse(Settings.from_env()), args.file, allow_rejects=args.allow_rejects)
+    for problem in result.problems[:50]:
+        print(f"{args.file}: line {problem.line}: {problem.reason}", file=sys.stderr)
+    if len(result.problems) > 50:
+        print(f"{args.file}: ... and {len(result.problems) - 50} more bad rows", file=sys.stderr)
+    if result.problems and not args.allow_rejects:
+        print(
+            f"kpi: error: {args.file}: {len(result.problems)} bad row(s); nothing loaded "
+            "(fix them, or pass --allow-rejects to load the good rows)",
+            file=sys.stderr,
+        )
+        return 1
+    table = "products" if kind == "catalog" else "relevance judgments"
+    print(f"{args.file}: loaded {result.loaded} {table}" + (f", skipped {len(result.problems)} bad rows" if result.problems else ""))
+    return 0
+
+
+def dagster_home() -> Path:
+    """The Dagster instance directory (DAGSTER_HOME), created with the local instance config."""
+    home = Path(setting("DAGSTER_HOME")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text((Path(__file__).parent / "defaults" / "dagster_home.yaml").read_text())
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def materialize(start: dt.date, end: dt.date) -> Any:
+    """Run the whole asset graph for the days start..end (both included) as one run on the
+    instance in DAGSTER_HOME, so `make dev` shows it."""
+    if end < start:
+        raise UsageError(f"--end {end} is before --start {start}")
+    dagster_home()
+    from dagster import DagsterInstance
+
+    from kpi_pipelines.definitions import defs
+
+    job = defs.resolve_job_def("daily_assets_job")
+    with DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": start.isoformat(),
+                "dagster/asset_partition_range_end": end.isoformat(),
+                "kpi/trigger": "cli",
+            },
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            raise_on_error=False,
+        )
+        if not result.success:
+            failures = [event for event in result.all_events if event.is_step_failure]
+            detail = failures[0].event_specific_data.error.message.strip().splitlines()[0] if failures else "see the run's logs"
+            raise RuntimeError(f"run {result.run_id} failed: {detail}")
+        return result
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    end = args.end or args.start
+    result = materialize(args.start, end)
+    print(f"materialized {args.start}..{end} in run {result.run_id} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    return 0
+
+
+def query_metrics(
+    settings: Settings, pattern: str | None, start: dt.date | None, end: dt.date | None
+) -> list[dict[str, Any]]:
+    where, params = ["1 = 1"], {}
+    if pattern:
+        where.append("metric_name LIKE :pattern ESCAPE '\\'")
+        params["pattern"] = glob_to_like(pattern)
+    if start:
+        where.append('"timestamp" >= :start')
+        params["start"] = dt.datetime.combine(start, dt.time())
+    if end:
+        where.append('"timestamp" < :end')
+        params["end"] = dt.datetime.combine(end + dt.timedelta(days=1), dt.time())
+    rows = _warehouse(settings).query(
+        'SELECT metric_name, metric_value, dimensions, "timestamp", aggregation_level FROM kpi_metrics '
+        f"WHERE {' AND '.join(where)} ORDER BY metric_name, aggregation_level, \"timestamp\", dimensions",
+        params,
+    )
+    out = [
+        {
+            "metric_name": name,
+            "metric_value": value,
+            "dimensions": dims,
+            "timestamp": ts.isoformat(sep=" "),
+            "aggregation_level": level,
+        }
+        for name, value, dims, ts, level in rows
+    ]
+    return out
+
+
+def glob_to_like(pattern: str) -> str:
+    """A shell-style name pattern ('retrieval.*') as a SQL LIKE pattern with escape '\\'."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    rows = query_metrics(Settings.from_env(), args.name, args.start, args.end)
+    if args.format == "json":
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=["metric_name", "metric_value", "dimensions", "timestamp", "aggregation_level"])
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        print_table(rows)
+    return 0
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("no metrics")
+        return
+    shown = [{**row, "metric_value": f"{row['metric_value']:.6g}"} for row in rows]
+    widths = {key: max(len(key), *(len(str(row[key])) for row in shown)) for key in shown[0]}
+    print("  ".join(key.ljust(width) for key, width in widths.items()))
+    for row in shown:
+        print("  ".join(str(row[key]).ljust(width) for key, width in widths.items()))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kpi_pipelines.ingestion.catalog import load_catalog, load_judgments
+    from kpi_pipelines.synthetic import generate
+
+    settings = Settings.from_env(warn_salt=True)
+    out = Path(args.out)
+    end = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    start = end - dt.timedelta(days=args.days - 1)
+    print(f"1/4 generating {args.days} days of traffic ({args.sessions} sessions a day) into {out}")
+    traffic = generate(out, days=args.days, sessions=args.sessions, seed=args.seed, start=start)
+    print(f"2/4 loading the catalog and judgments, ingesting {traffic.events} events")
+    warehouse = _warehouse(settings)
+    load_catalog(warehouse, traffic.catalog_path)
+    load_judgments(warehouse, traffic.judgments_path)
+    ingest_files(settings, [str(traffic.events_path)])
+    print(f"3/4 materializing {start}..{end}")
+    materialize(start, end)
+    print("4/4 summary")
+    print_summary(settings, start, end)
+    return 0
+
+
+def print_summary(settings: Settings, start: dt.date, end: dt.date) -> None:
+    warehouse = _warehouse(settings)
+    events = warehouse.query(
+        "SELECT event_type, count(*) FROM raw_events WHERE event_date BETWEEN :start AND :end GROUP BY 1 ORDER BY 1",
+        {"start": start, "end": end},
+    )
+    print(f"events {start}..{end}: " + ", ".join(f"{kind} {count}" for kind, count in events))
+    print(f"rejected lines kept in rejected_events: {warehouse.scalar('SELECT count(*) FROM rejected_events')}")
+    rows = query_metrics(settings, None, start, end)
+    daily = [row for row in rows if row["aggregation_level"] == "day" and row["dimensions"] == "{}"]
+    if daily:
+        print_table(daily)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kpi", description="KPI pipelines for AutoDescribe: ingest, materialize, inspect.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("generate", help="write realistic synthetic traffic, a catalog and judgments")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--days", type=_positive, default=7)
+    p.add_argument("--sessions", type=_positive, default=2000, help="sessions per day")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--start", type=_date, default=None, help="first day (default: DAYS days before today)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("ingest", help="load JSONL event files (.jsonl, .jsonl.gz) into raw_events")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_ingest)
+
+    for name, kind, text in (
+        ("load-catalog", "catalog", "load a product catalog snapshot (CSV or JSONL) into products"),
+        ("load-judgments", "judgments", "load relevance judgments (CSV: query,product_id,relevance)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("file")
+        p.add_argument("--allow-rejects", action="store_true", help="load the good rows even if some are bad")
+        p.set_defaults(func=lambda args, kind=kind: _load_reference(args, kind))
+
+    p = sub.add_parser("materialize", help="materialize the asset graph for a range of UTC days")
+    p.add_argument("--start", type=_date, required=True)
+    p.add_argument("--end", type=_date, default=None, help="last day, included (default: --start)")
+    p.set_defaults(func=cmd_materialize)
+
+    p = sub.add_parser("metrics", help="print KPI values")
+    p.add_argument("--name", default=None, help="metric name pattern, e.g. 'retrieval.*'")
+    p.add_argument("--start", type=_date, default=None)
+    p.add_argument("--end", type=_date, default=None)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("demo", help="generate traffic, ingest, materialize and summarize on the embedded default")
+    p.add_argument("--out", default="data/demo")
+    p.add_argument("--days", type=_positive, default=7)
+    p.add_argument("--sessions", type=_positive, default=1500)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from kpi_pipelines.ingestion.catalog import CatalogError
+    from kpi_pipelines.ingestion.loader import IngestError
+    from kpi_pipelines.warehouse import WarehouseError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as error:
+        print(f"kpi: error: {error}", file=sys.stderr)
+        return 2
+    except (WarehouseError, IngestError, CatalogError, OSError) as error:
+        print(f"kpi: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("kpi: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # never a traceback for a user; KPI_DEBUG=1 shows it
+        if os.environ.get("KPI_DEBUG"):
+            traceback.print_exc()
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"kpi: error: {type(error).__name__}: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The configuration table of the README, in one place: each setting's environment variable
+and default. Read at the edges only (definitions, the CLI), never deep in the code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from kpi_pipelines.ingestion.pii import DEVELOPMENT_SALT
+from kpi_pipelines.warehouse import DEFAULT_WAREHOUSE_URL
+
+DEFAULTS = {
+    "KPI_WAREHOUSE_URL": DEFAULT_WAREHOUSE_URL,
+    "KPI_WAREHOUSE_SCHEMA": "",
+    "KPI_SOURCE_DB_URL": "",
+    "KPI_PII_SALT": DEVELOPMENT_SALT,
+    "KPI_LANDING_DIR": "data/landing",
+    "DAGSTER_HOME": ".dagster_home",
+}
+
+
+def setting(name: str) -> str:
+    """The environment's value for `name`, or its documented default."""
+    value = os.environ.get(name, "")
+    return value if value.strip() else DEFAULTS[name]
+
+
+@dataclass(frozen=True)
+class Settings:
+    warehouse_url: str
+    warehouse_schema: str
+    pii_salt: str
+    landing_dir: str
+
+    @classmethod
+    def from_env(cls, warn_salt: bool = False) -> "Settings":
+        if warn_salt and setting("KPI_PII_SALT") == DEVELOPMENT_SALT:
+            print(
+                "kpi: warning: KPI_PII_SALT is not set; user ids are pseudonymized with the "
+                "development salt (set a secret in production)",
+                file=sys.stderr,
+            )
+        return cls(
+            warehouse_url=setting("KPI_WAREHOUSE_URL"),
+            warehouse_schema=setting("KPI_WAREHOUSE_SCHEMA"),
+            pii_salt=setting("KPI_PII_SALT"),
+            landing_dir=setting("KPI_LANDING_DIR"),
+        )
+
+
+def resource_value(name: str):
+    """For Dagster resources: an `EnvVar` when the variable is set (so the UI shows where the
+    value comes from and secrets stay out of run config), else the documented default."""
+    from dagster import EnvVar
+
+    return EnvVar(name) if os.environ.get(name, "").strip() else DEFAULTS[name]

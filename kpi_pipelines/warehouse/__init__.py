@@ -1,0 +1,163 @@
+"""The warehouse: one SQLAlchemy URL, DuckDB (embedded default) or PostgreSQL (production).
+
+`Warehouse` is the plain object the loaders, KPI functions and CLI use; `WarehouseResource`
+is the Dagster resource that builds one from `KPI_WAREHOUSE_URL` / `KPI_WAREHOUSE_SCHEMA`.
+The schema is created or migrated on first use (see `schema.py`), so no step is manual.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import sqlalchemy as sa
+from dagster import ConfigurableResource
+from pydantic import Field
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from kpi_pipelines.warehouse.schema import migrate
+
+DEFAULT_WAREHOUSE_URL = "duckdb:///data/kpi.duckdb"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class WarehouseError(Exception):
+    """A warehouse problem a person can act on (bad URL, unreachable server)."""
+
+
+def parse_warehouse_url(url: str) -> URL:
+    """Validate `url` and return it with PostgreSQL pinned to the psycopg 3 driver."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise WarehouseError(
+            f"KPI_WAREHOUSE_URL {url!r} is not a URL; use duckdb:///path/to/file.duckdb "
+            "or postgresql+psycopg://user@host:5432/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "duckdb":
+        if parsed.drivername != "duckdb":
+            raise WarehouseError(f"KPI_WAREHOUSE_URL: unknown DuckDB driver {parsed.drivername!r}")
+        return parsed
+    if backend in ("postgresql", "postgres"):
+        if parsed.drivername not in ("postgresql", "postgres", "postgresql+psycopg"):
+            raise WarehouseError(
+                f"KPI_WAREHOUSE_URL: driver {parsed.drivername!r} is not supported; "
+                "use postgresql+psycopg:// (psycopg 3)"
+            )
+        return parsed.set(drivername="postgresql+psycopg")
+    raise WarehouseError(
+        f"KPI_WAREHOUSE_URL: unsupported scheme {parsed.drivername!r}; "
+        "use duckdb:///path/to/file.duckdb or postgresql+psycopg://user@host:5432/db"
+    )
+
+
+class Warehouse:
+    """A connection factory for one warehouse URL and schema, migrated on first use."""
+
+    _engines: dict[tuple[str, str | None], Engine] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, url: str = DEFAULT_WAREHOUSE_URL, schema: str | None = None):
+        self.url = parse_warehouse_url(url)
+        if schema and not _IDENTIFIER.match(schema):
+            raise WarehouseError(f"KPI_WAREHOUSE_SCHEMA {schema!r} is not a plain SQL identifier")
+        self.schema = schema or None
+        self.dialect = "duckdb" if self.url.get_backend_name() == "duckdb" else "postgresql"
+
+    @property
+    def display_url(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    @property
+    def duckdb_path(self) -> Path | None:
+        if self.dialect != "duckdb" or not self.url.database or self.url.database == ":memory:":
+            return None
+        return Path(self.url.database)
+
+    @property
+    def schema_name(self) -> str:
+        """The schema the project's tables live in (as dbt and `information_schema` see it)."""
+        return self.schema or ("main" if self.dialect == "duckdb" else "public")
+
+    @property
+    def engine(self) -> Engine:
+        key = (self.url.render_as_string(hide_password=False), self.schema)
+        with Warehouse._lock:
+            engine = Warehouse._engines.get(key)
+            if engine is None:
+                engine = self._create_engine()
+                Warehouse._engines[key] = engine
+        return engine
+
+    def _create_engine(self) -> Engine:
+        schema = self.schema
+        if self.dialect == "duckdb":
+            path = self.duckdb_path
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(self.url, poolclass=sa.pool.QueuePool, pool_size=4)
+        else:
+            engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            if self.dialect == "duckdb":
+                cursor.execute("SET TimeZone = 'UTC'")
+                if schema:
+                    cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                    cursor.execute(f"USE {schema}")
+            else:
+                cursor.execute("SET TIME ZONE 'UTC'")
+                if schema:
+                    cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                    cursor.execute(f"SET search_path TO {schema}")
+                dbapi_connection.commit()
+            cursor.close()
+
+        try:
+            with engine.begin() as connection:
+                migrate(connection, self.dialect)
+        except WarehouseError:
+            raise
+        except Exception as error:  # unreachable server, locked file, bad credentials
+            engine.dispose()
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise WarehouseError(f"cannot open the warehouse {self.display_url}: {message}") from None
+        return engine
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A connection inside one transaction: committed on success, rolled back on error."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[sa.Row]:
+        with self.engine.connect() as connection:
+            return list(connection.execute(sa.text(sql), dict(params or {})))
+
+    def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        with self.engine.connect() as connection:
+            return connection.execute(sa.text(sql), dict(params or {})).scalar()
+
+    def dispose(self) -> None:
+        """Close pooled connections (releases DuckDB's file lock held by this process)."""
+        key = (self.url.render_as_string(hide_password=False), self.schema)
+        with Warehouse._lock:
+            engine = Warehouse._engines.pop(key, None)
+        if engine is not None:
+            engine.dispose()
+
+
+class WarehouseResource(ConfigurableResource):
+    """The project's warehouse, configured from `KPI_WAREHOUSE_URL` and `KPI_WAREHOUSE_SCHEMA`."""
+
+    url: str = Field(default=DEFAULT_WAREHOUSE_URL, description="SQLAlchemy URL of the warehouse")
+    schema_name: str = Field(default="", description="schema of the project's tables; '' = default")
+
+    def get_warehouse(self) -> Warehouse:
+        return Warehouse(self.url, self.schema_name or None)

@@ -1,0 +1,112 @@
+"""Warehouse tables, created or migrated idempotently on first use.
+
+Each migration is applied once, in order, inside the transaction that first opens the
+warehouse; PostgreSQL takes an advisory lock so two processes starting together do not
+race. Types are written with placeholders filled per dialect.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+TYPES = {
+    # DuckDB has one writer and the loader inserts only ids it has not stored (an anti-join),
+    # so raw_events skips the unique index there: maintaining it doubles the insert time.
+    # PostgreSQL takes concurrent writers (the collector API) and keeps the constraint.
+    "duckdb": {"json": "JSON", "double": "DOUBLE", "event_key": ""},
+    "postgresql": {"json": "JSONB", "double": "DOUBLE PRECISION", "event_key": ",\n                PRIMARY KEY (event_id)"},
+}
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "foundation: events, rejects, catalog, judgments, KPI metrics, loaded files",
+        [
+            """CREATE TABLE IF NOT EXISTS raw_events (
+                event_id VARCHAR NOT NULL,
+                event_type VARCHAR NOT NULL,
+                action VARCHAR,
+                event_time TIMESTAMP NOT NULL,
+                event_date DATE NOT NULL,
+                session_id VARCHAR NOT NULL,
+                user_key VARCHAR,
+                source VARCHAR NOT NULL,
+                metadata {json} NOT NULL,
+                source_file VARCHAR NOT NULL,
+                ingested_at TIMESTAMP NOT NULL{event_key}
+            )""",
+            """CREATE TABLE IF NOT EXISTS rejected_events (
+                rejection_id VARCHAR NOT NULL PRIMARY KEY,
+                source_file VARCHAR NOT NULL,
+                line_no BIGINT NOT NULL,
+                event_id VARCHAR,
+                reason VARCHAR NOT NULL,
+                raw_text VARCHAR NOT NULL,
+                rejected_at TIMESTAMP NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS products (
+                product_id VARCHAR NOT NULL PRIMARY KEY,
+                title VARCHAR,
+                description VARCHAR,
+                brand VARCHAR,
+                category VARCHAR,
+                price {double},
+                price_raw VARCHAR,
+                currency VARCHAR,
+                attributes {json},
+                loaded_at TIMESTAMP NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS relevance_judgments (
+                query VARCHAR NOT NULL,
+                query_norm VARCHAR NOT NULL,
+                product_id VARCHAR NOT NULL,
+                relevance INTEGER NOT NULL,
+                PRIMARY KEY (query_norm, product_id)
+            )""",
+            """CREATE TABLE IF NOT EXISTS kpi_metrics (
+                metric_name VARCHAR NOT NULL,
+                metric_value {double} NOT NULL,
+                dimensions VARCHAR NOT NULL,
+                "timestamp" TIMESTAMP NOT NULL,
+                aggregation_level VARCHAR NOT NULL,
+                created_at TIMESTAMP NOT NULL
+            )""",
+            """CREATE INDEX IF NOT EXISTS kpi_metrics_by_bucket
+                ON kpi_metrics (aggregation_level, "timestamp", metric_name)""",
+            """CREATE TABLE IF NOT EXISTS ingested_files (
+                file_key VARCHAR NOT NULL PRIMARY KEY,
+                path VARCHAR NOT NULL,
+                size_bytes BIGINT NOT NULL,
+                accepted BIGINT NOT NULL,
+                duplicates BIGINT NOT NULL,
+                rejected BIGINT NOT NULL,
+                loaded_at TIMESTAMP NOT NULL
+            )""",
+        ],
+    ),
+]
+
+
+def migrate(connection: Connection, dialect: str) -> None:
+    """Bring the schema up to the newest migration; a no-op when it already is."""
+    if dialect == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('kpi_pipelines.migrate'))"))
+    connection.execute(
+        sa.text(
+            "CREATE TABLE IF NOT EXISTS kpi_schema_migrations "
+            "(version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+        )
+    )
+    applied = {row[0] for row in connection.execute(sa.text("SELECT version FROM kpi_schema_migrations"))}
+    for version, description, statements in MIGRATIONS:
+        if version in applied:
+            continue
+        for statement in statements:
+            connection.execute(sa.text(statement.format(**TYPES[dialect])))
+        connection.execute(
+            sa.text(
+                "INSERT INTO kpi_schema_migrations VALUES (:version, :description, CURRENT_TIMESTAMP)"
+            ),
+            {"version": version, "description": description},
+        )

@@ -1,0 +1,123 @@
+"""Fixtures: a real DuckDB file and a real PostgreSQL server (KPI_TEST_POSTGRES_URL), each
+test on its own database file or schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from kpi_pipelines.warehouse import Warehouse
+
+POSTGRES_URL = os.environ.get("KPI_TEST_POSTGRES_URL", "")
+SALT = "test-salt"
+
+
+def postgres_or_skip() -> str:
+    if POSTGRES_URL:
+        return POSTGRES_URL
+    reason = "KPI_TEST_POSTGRES_URL is not set: PostgreSQL tests skipped"
+    if os.environ.get("KPI_REQUIRE_POSTGRES"):
+        pytest.fail(reason + " (KPI_REQUIRE_POSTGRES=1 requires them)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[tuple[str, str]]:
+    """(PostgreSQL URL, a fresh schema name), dropped afterwards."""
+    url = postgres_or_skip()
+    schema = "t_" + uuid.uuid4().hex[:12]
+    yield url, schema
+    Warehouse(url, schema).dispose()
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    engine.dispose()
+
+
+def _make_warehouse(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Warehouse:
+    if backend == "duckdb":
+        warehouse = Warehouse(f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+        request.addfinalizer(warehouse.dispose)
+        return warehouse
+    url, schema = request.getfixturevalue("pg_schema")
+    return Warehouse(url, schema)
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
+    """The same test on both backends."""
+    return _make_warehouse(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def duckdb_warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
+    return _make_warehouse("duckdb", tmp_path, request)
+
+
+@pytest.fixture
+def postgres_warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
+    return _make_warehouse("postgresql", tmp_path, request)
+
+
+def event(
+    event_id: str,
+    type_: str = "search",
+    timestamp: str = "2026-03-10T12:00:00Z",
+    session_id: str = "s-1",
+    user_id: str | None = "user-1",
+    source: str = "api",
+    **metadata: Any,
+) -> dict[str, Any]:
+    """A valid event of the contract; metadata defaults to a search query."""
+    if not metadata:
+        metadata = {
+            "action": "query",
+            "query_id": f"q-{event_id}",
+            "query": "red shoes",
+            "result_ids": ["P1", "P2"],
+            "response_time_ms": 120,
+        }
+    out: dict[str, Any] = {
+        "id": event_id,
+        "type": type_,
+        "timestamp": timestamp,
+        "session_id": session_id,
+        "source": source,
+        "metadata": metadata,
+    }
+    if user_id is not None:
+        out["user_id"] = user_id
+    return out
+
+
+@pytest.fixture
+def write_events(tmp_path: Path) -> Callable[..., Path]:
+    """Write events (dicts, or raw strings written as they are) as a JSONL file."""
+    counter = iter(range(1_000_000))
+
+    def write(lines: list[Any], name: str | None = None) -> Path:
+        path = tmp_path / (name or f"events-{next(counter)}.jsonl")
+        text = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+def all_table_text(warehouse: Warehouse) -> str:
+    """Every value of every table of the warehouse schema, as one text (for PII scans)."""
+    names = [
+        row[0]
+        for row in warehouse.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = :schema",
+            {"schema": warehouse.schema_name},
+        )
+    ]
+    assert "raw_events" in names
+    return "\n".join(str(row) for name in names for row in warehouse.query(f'SELECT * FROM "{name}"'))
