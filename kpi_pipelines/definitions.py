@@ -2,7 +2,15 @@
 
 from dagster import Definitions, in_process_executor, multiprocess_executor
 
-from kpi_pipelines import ingestion
+from kpi_pipelines import (
+    business,
+    content_generation,
+    data_quality,
+    ingestion,
+    retrieval,
+    search_experience,
+    system_performance,
+)
 from kpi_pipelines.jobs import daily_assets_job
 from kpi_pipelines.ingestion.resources import EventIngestionResource
 from kpi_pipelines.settings import resource_value, setting
@@ -24,5 +32,11 @@ executor = in_process_executor if _embedded else multiprocess_executor.configure
 
 defs = Definitions.merge(
     ingestion.defs,
+    data_quality.defs,
+    retrieval.defs,
+    search_experience.defs,
+    business.defs,
+    content_generation.defs,
+    system_performance.defs,
     Definitions(jobs=[daily_assets_job], resources=resources, executor=executor),
 )

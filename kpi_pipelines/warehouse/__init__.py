@@ -18,6 +18,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from kpi_pipelines.warehouse.dialect import Dialect
 from kpi_pipelines.warehouse.schema import migrate
 
 DEFAULT_WAREHOUSE_URL = "duckdb:///data/kpi.duckdb"
@@ -67,6 +68,10 @@ class Warehouse:
             raise WarehouseError(f"KPI_WAREHOUSE_SCHEMA {schema!r} is not a plain SQL identifier")
         self.schema = schema or None
         self.dialect = "duckdb" if self.url.get_backend_name() == "duckdb" else "postgresql"
+
+    @property
+    def sql(self) -> Dialect:
+        return Dialect(self.dialect)
 
     @property
     def display_url(self) -> str:

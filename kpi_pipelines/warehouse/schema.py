@@ -70,7 +70,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 dimensions VARCHAR NOT NULL,
                 "timestamp" TIMESTAMP NOT NULL,
                 aggregation_level VARCHAR NOT NULL,
-                created_at TIMESTAMP NOT NULL
+                created_at TIMESTAMP NOT NULL,
+                source_asset VARCHAR NOT NULL
             )""",
             """CREATE INDEX IF NOT EXISTS kpi_metrics_by_bucket
                 ON kpi_metrics (aggregation_level, "timestamp", metric_name)""",

@@ -1,0 +1,5 @@
+"""Business impact: conversion, order value, revenue, retention, lifetime value."""
+
+from dagster import Definitions
+
+defs = Definitions(assets=[])

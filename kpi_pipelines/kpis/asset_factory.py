@@ -1,0 +1,78 @@
+"""The shape every daily KPI asset shares, written once.
+
+A domain supplies a plain function `compute(warehouse, start, end) -> list[Metric]` (set-based
+SQL plus pure functions, testable without Dagster); the asset reads its partition window,
+calls it, replaces its rows in `kpi_metrics`, and reports the values as metadata so the
+Dagster UI plots each KPI across partitions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from typing import Callable, Sequence
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetMaterialization,
+    AssetsDefinition,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from kpi_pipelines.kpis.store import Metric, replace_daily_metrics
+from kpi_pipelines.partitions import daily_partitions
+from kpi_pipelines.warehouse import Warehouse, WarehouseResource
+
+Compute = Callable[[Warehouse, dt.date, dt.date], list[Metric]]
+
+
+def headline_metadata(metrics: Sequence[Metric]) -> dict[str, MetadataValue]:
+    """The overall (dimension-less) value of each metric, plus how many rows were written."""
+    out: dict[str, MetadataValue] = {
+        metric.name: MetadataValue.float(round(metric.value, 6)) for metric in metrics if not metric.dimensions
+    }
+    out["rows_written"] = MetadataValue.int(len(metrics))
+    return out
+
+
+def daily_kpi_asset(
+    name: str,
+    group_name: str,
+    compute: Compute,
+    description: str,
+    deps: Sequence[str] = ("raw_events",),
+) -> AssetsDefinition:
+    @asset(
+        name=name,
+        group_name=group_name,
+        partitions_def=daily_partitions,
+        backfill_policy=BackfillPolicy.single_run(),
+        deps=[AssetKey(dep) for dep in deps],
+        description=description,
+        kinds={"python", "sql"},
+    )
+    def _kpi_asset(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+        window = context.partition_time_window
+        start, end = window.start.date(), window.end.date()
+        wh = warehouse.get_warehouse()
+        metrics = compute(wh, start, end)
+        written = replace_daily_metrics(wh, name, start, end, metrics)
+        by_day: dict[dt.date, list[Metric]] = defaultdict(list)
+        for metric in metrics:
+            by_day[metric.day].append(metric)
+        if (end - start).days == 1:
+            return MaterializeResult(metadata=headline_metadata(by_day[start]))
+        # A multi-day run (a single-run backfill): each day gets its own values.
+        for day in sorted(by_day):
+            context.log_event(
+                AssetMaterialization(asset_key=context.asset_key, partition=day.isoformat(), metadata=headline_metadata(by_day[day]))
+            )
+        return MaterializeResult(
+            metadata={"days": MetadataValue.int((end - start).days), "rows_written": MetadataValue.int(written)}
+        )
+
+    return _kpi_asset
