@@ -107,7 +107,7 @@ def dagster_home() -> Path:
     return home
 
 
-def materialize(start: dt.date, end: dt.date) -> Any:
+def materialize(start: dt.date, end: dt.date, definitions: Any = None) -> Any:
     """Run the whole asset graph for the days start..end (both included) as one run on the
     instance in DAGSTER_HOME, so `make dev` shows it."""
     if end < start:
@@ -115,9 +115,10 @@ def materialize(start: dt.date, end: dt.date) -> Any:
     dagster_home()
     from dagster import DagsterInstance
 
-    from kpi_pipelines.definitions import defs
+    if definitions is None:
+        from kpi_pipelines.definitions import defs as definitions
 
-    job = defs.resolve_job_def("daily_assets_job")
+    job = definitions.resolve_job_def("daily_assets_job")
     with DagsterInstance.get() as instance:
         result = job.execute_in_process(
             instance=instance,

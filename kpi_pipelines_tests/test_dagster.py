@@ -1,0 +1,119 @@
+"""The Dagster side: definitions load, the landing sensor, real runs on real instances."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context, instance_for_test
+
+from kpi_pipelines.definitions import build_definitions, defs
+from kpi_pipelines.ingestion.resources import EventIngestionResource
+from kpi_pipelines.ingestion.sensors import landing_sensor
+from kpi_pipelines.warehouse import Warehouse, WarehouseResource
+from kpi_pipelines_tests.conftest import SALT, event, postgres_or_skip
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_definitions_load_with_every_job_and_sensor():
+    defs.validate_loadable(defs)
+    repository = defs.get_repository_def()
+    assert {"ingest_job", "daily_assets_job"} <= {job.name for job in repository.get_all_jobs()}
+    assert "landing_sensor" in {sensor.name for sensor in repository.sensor_defs}
+    assert repository.assets_defs_by_key  # the asset graph is there
+
+
+def _definitions(warehouse: Warehouse, landing: Path):
+    return build_definitions(
+        WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or ""),
+        EventIngestionResource(pii_salt=SALT, landing_dir=str(landing)),
+    )
+
+
+def _write(path: Path, events: list[dict], mtime: int | None = None) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    if mtime is not None:
+        os.utime(path, ns=(mtime, mtime))
+    return path
+
+
+def test_landing_sensor_requests_each_new_file_once(tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    resource = EventIngestionResource(pii_salt=SALT, landing_dir=str(landing))
+    first = _write(landing / "a.jsonl", [event("a")], mtime=1_000_000_000_000)
+    _write(landing / ".b.jsonl.tmp", [event("b")])  # still being written: ignored
+    _write(landing / "notes.txt", [event("c")])  # not an event file
+
+    context = build_sensor_context(resources={"ingestion": resource})
+    request = landing_sensor(context)
+    assert isinstance(request, RunRequest)
+    assert request.partition_key == dt.datetime.now(dt.timezone.utc).date().isoformat()
+    assert request.run_config["ops"]["raw_events"]["config"]["files"] == [str(first)]
+
+    again = landing_sensor(build_sensor_context(cursor=context.cursor, resources={"ingestion": resource}))
+    assert isinstance(again, SkipReason)
+
+    second = _write(landing / "c.jsonl.gz", [], mtime=2_000_000_000_000)
+    later = build_sensor_context(cursor=context.cursor, resources={"ingestion": resource})
+    request = landing_sensor(later)
+    assert request.run_config["ops"]["raw_events"]["config"]["files"] == [str(second)]
+    assert later.cursor != context.cursor
+
+
+def test_raw_events_run_loads_landing_files_once_and_reports_the_partition(duckdb_warehouse, tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    _write(landing / "day.jsonl", [event("e1", timestamp="2026-03-10T23:30:00-01:00"), event("e2", timestamp="2026-03-10T10:00:00Z")])
+    job = _definitions(duckdb_warehouse, landing).resolve_job_def("ingest_job")
+    with instance_for_test() as instance:
+        for _ in range(2):  # the second run finds nothing new
+            result = job.execute_in_process(instance=instance, partition_key="2026-03-11")
+            assert result.success
+        materializations = result.asset_materializations_for_node("raw_events")
+        metadata = materializations[0].metadata
+        assert metadata["events_in_partitions"].value == 1  # e1 is 00:30 UTC on the 11th
+        assert metadata["loaded_accepted"].value == 0
+    assert duckdb_warehouse.scalar("SELECT count(*) FROM raw_events") == 2
+    assert duckdb_warehouse.scalar("SELECT count(*) FROM ingested_files") == 1
+
+
+def test_kpi_materialize_records_the_run_in_dagster_home(duckdb_warehouse, tmp_path, monkeypatch):
+    from kpi_pipelines import cli
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    result = cli.materialize(dt.date(2026, 3, 9), dt.date(2026, 3, 11), definitions=_definitions(duckdb_warehouse, tmp_path / "none"))
+    assert result.success
+    with DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 1
+        assert runs[0].tags["dagster/asset_partition_range_start"] == "2026-03-09"
+        assert runs[0].tags["dagster/asset_partition_range_end"] == "2026-03-11"
+    assert (tmp_path / "home" / "dagster.yaml").exists()
+
+
+def test_repository_dagster_yaml_runs_a_job_on_postgresql(tmp_path, monkeypatch, pg_schema):
+    """The deployment instance configuration (PostgreSQL storage, queued runs) works."""
+    url, schema = pg_schema
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_PG_URL", url.replace("postgresql+psycopg://", "postgresql+psycopg2://"))
+    warehouse = Warehouse(url, schema)
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    _write(landing / "pg.jsonl", [event("pg-1", timestamp="2026-03-10T12:00:00Z")])
+    job = _definitions(warehouse, landing).resolve_job_def("ingest_job")
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        result = job.execute_in_process(instance=instance, partition_key="2026-03-10", tags={"kpi/test": schema})
+        assert result.success
+        stored = instance.get_run_by_id(result.run_id)
+        assert stored is not None and stored.is_success
+    assert warehouse.scalar("SELECT count(*) FROM raw_events") == 1
