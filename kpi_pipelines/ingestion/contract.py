@@ -16,6 +16,7 @@ INTEGER_TYPES = "('BIGINT', 'UBIGINT')"
 
 # ISO-8601 date and time with a zone designator (Z or an offset); DuckDB's cast then
 # rejects impossible dates such as February 30.
+TIMESTAMP_TEXT = "ISO-8601 date and time with a zone (`Z`, `+05:30`, `-0800`, `+02`), stored in UTC"
 ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}(:?\d{2})?)$"
 
 
@@ -252,8 +253,9 @@ def describe_contract() -> str:
     sql = ValidationSQL()
     for rule, event_type, action in _gated_rules():
         shown_type = "any" if event_type in (None, "*experiment") else event_type
+        expected = TIMESTAMP_TEXT if rule.field == "timestamp" else sql._check(rule)[1]
         lines.append(
-            f"| {shown_type} | {action or 'any'} | `{rule.field}` | {sql._check(rule)[1]} | "
+            f"| {shown_type} | {action or 'any'} | `{rule.field}` | {expected} | "
             f"{'yes' if rule.required else 'no'} |"
         )
     return "\n".join(lines)

@@ -72,7 +72,6 @@ def stage_sql(lines: str, salt: str) -> str:
     """SELECT over the table `lines` producing one row per line: line_no, reason (NULL when
     valid), the event's columns, and the redacted raw text of rejected lines."""
     sql = ValidationSQL()
-    user_id = sql.value("user_id")
     return f"""
     WITH
     parsed AS (
@@ -88,12 +87,9 @@ def stage_sql(lines: str, salt: str) -> str:
         FROM parsed
     ),
     checked AS (
-        SELECT *, CASE WHEN coalesce({sql.valid()}, false) THEN NULL ELSE {sql.reason()} END AS reason,
-               {user_id} AS user_id
+        SELECT *, CASE WHEN coalesce({sql.valid()}, false) THEN NULL ELSE {sql.reason()} END AS reason
         FROM enveloped
-    ),
-    -- users repeat across events: hash each distinct id once
-    user_keys AS (SELECT user_id, {hmac_sql("user_id", salt)} AS user_key FROM (SELECT DISTINCT user_id FROM checked))
+    )
     SELECT line_no, reason,
            {sql.value('id')} AS event_id,
            {sql.value('type')} AS event_type,
@@ -101,11 +97,11 @@ def stage_sql(lines: str, salt: str) -> str:
            event_time,
            CAST(event_time AS DATE) AS event_date,
            {sql.value('session_id')} AS session_id,
-           user_keys.user_key,
+           {hmac_sql(sql.value('user_id'), salt)} AS user_key,
            {sql.value('source')} AS source,
            {mask_sql('CAST(e.metadata AS VARCHAR)')} AS metadata,
            CASE WHEN reason IS NOT NULL THEN {redact_line_sql("coalesce(line, '')", salt)} END AS raw_text
-    FROM checked LEFT JOIN user_keys USING (user_id)
+    FROM checked
     """
 
 
