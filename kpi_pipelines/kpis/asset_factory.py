@@ -6,7 +6,6 @@ calls it, replaces its rows in `kpi_metrics`, and reports the values as metadata
 Dagster UI plots each KPI across partitions.
 """
 
-from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict

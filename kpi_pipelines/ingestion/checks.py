@@ -1,0 +1,81 @@
+"""Great Expectations checks of the ingested tables, as Dagster asset checks."""
+
+import datetime as dt
+
+import pandas as pd
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
+
+from kpi_pipelines.expectations import check_result, validate
+from kpi_pipelines.ingestion.contract import EVENT_TYPES, SOURCES
+from kpi_pipelines.partitions import daily_partitions
+from kpi_pipelines.warehouse import Warehouse, WarehouseResource
+
+REQUIRED_PRODUCT_FIELDS = ("title", "description", "brand", "category", "price")
+# The share of products that must have each field: the catalog is known to have gaps
+# (that is what the completeness KPIs measure); below these it is broken, not gappy.
+PRODUCT_FIELD_MOSTLY = 0.8
+
+
+def raw_events_frame(warehouse: Warehouse, start: dt.date, end: dt.date) -> pd.DataFrame:
+    rows = warehouse.query(
+        "SELECT event_id, event_type, event_time, event_date, session_id, source FROM raw_events "
+        "WHERE event_date >= :start AND event_date < :end",
+        {"start": start, "end": end},
+    )
+    return pd.DataFrame(rows, columns=["event_id", "event_type", "event_time", "event_date", "session_id", "source"])
+
+
+def raw_events_expectations(start: dt.date, end: dt.date) -> list:
+    import great_expectations as gx
+
+    first = dt.datetime.combine(start, dt.time())
+    last = dt.datetime.combine(end, dt.time()) - dt.timedelta(microseconds=1)
+    return [
+        *(gx.expectations.ExpectColumnValuesToNotBeNull(column=c) for c in ("event_id", "event_type", "event_time", "session_id", "source")),
+        gx.expectations.ExpectColumnValuesToBeUnique(column="event_id"),
+        gx.expectations.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)),
+        gx.expectations.ExpectColumnValuesToBeInSet(column="source", value_set=list(SOURCES)),
+        # the UTC timestamp lies in the partition its event_date puts it in
+        gx.expectations.ExpectColumnValuesToBeBetween(column="event_time", min_value=first, max_value=last),
+    ]
+
+
+@asset_check(
+    asset="raw_events",
+    partitions_def=daily_partitions,
+    blocking=True,
+    description="GX: ids present and unique, known types and sources, timestamps inside the partition.",
+)
+def raw_events_valid(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
+    window = context.partition_time_window
+    start, end = window.start.date(), window.end.date()
+    frame = raw_events_frame(warehouse.get_warehouse(), start, end)
+    return check_result(validate(frame, "raw_events", raw_events_expectations(start, end)), len(frame))
+
+
+def products_expectations() -> list:
+    import great_expectations as gx
+
+    return [
+        gx.expectations.ExpectColumnValuesToNotBeNull(column="product_id"),
+        gx.expectations.ExpectColumnValuesToBeUnique(column="product_id"),
+        *(
+            gx.expectations.ExpectColumnValuesToNotBeNull(column=field, mostly=PRODUCT_FIELD_MOSTLY)
+            for field in REQUIRED_PRODUCT_FIELDS
+        ),
+        gx.expectations.ExpectColumnValuesToBeBetween(column="price", min_value=0, strict_min=True, mostly=PRODUCT_FIELD_MOSTLY),
+    ]
+
+
+def products_frame(warehouse: Warehouse) -> pd.DataFrame:
+    # blank text counts as absent, as in the completeness KPI
+    blank_to_null = ", ".join(f"nullif(trim({c}), '') AS {c}" for c in REQUIRED_PRODUCT_FIELDS if c != "price")
+    rows = warehouse.query(f"SELECT product_id, {blank_to_null}, price FROM products")
+    return pd.DataFrame(rows, columns=["product_id", *[c for c in REQUIRED_PRODUCT_FIELDS if c != "price"], "price"])
+
+
+def products_check_result(warehouse: Warehouse) -> AssetCheckResult:
+    """The catalog as it stands, against `products_expectations` (a warning, not a block:
+    gaps are what the completeness KPIs measure)."""
+    frame = products_frame(warehouse)
+    return check_result(validate(frame, "products", products_expectations()), len(frame), AssetCheckSeverity.WARN)
