@@ -1,6 +1,6 @@
 """Realistic, deterministic synthetic AutoDescribe traffic.
 
-`generate` writes three files: `events.jsonl` (the event envelope of docs/design: search
+`generate` writes three files: `events.jsonl` (events of the contract in docs/events.md: search
 sessions with queries, clicks, feedback and orders, LLM generations and their reviews,
 service latencies, catalog data-quality signals), `catalog.csv` (products with the gaps
 and spelling variants of a real catalog) and `judgments.csv` (graded relevance).
@@ -144,18 +144,21 @@ DQ_CHECKS = ("null_description", "invalid_price", "null_brand", "null_title")
 BAD_KINDS = ("not_json", "missing_timestamp", "naive_timestamp", "unknown_type", "click_position_0")
 
 # Behaviour knobs.
-INTENTS_CUM = (0.25, 0.55, 0.80, 1.0)  # 1..4 searches per session
+INTENTS_CUM = (0.2, 0.48, 0.75, 1.0)  # 1..4 searches per session
+UNJUDGED_CANDIDATES = 20
+UNJUDGED_PENALTY = 1.5
+RANKER_NOISE = {False: 1.6, True: 1.35}  # score noise: control ranker, ranker_v2 treatment
 CLICK_BASE = 0.30
 CLICK_BY_RELEVANCE = (0.12, 0.55, 0.95, 1.35)
 REFINE_AFTER_NO_CLICK = 0.34
 REFINE_AFTER_CLICK = 0.10
 FEEDBACK_RATE = 0.15
-ORDER_IF_CLICKED = 0.06
+ORDER_IF_CLICKED = 0.048
 ORDER_IF_NOT_CLICKED = 0.004
 TREATMENT_ORDER_LIFT = 1.2
 ANONYMOUS_RATE = 0.03
 EMAIL_USER_RATE = 0.10
-OFFSET_SESSION_RATE = 0.38
+OFFSET_SESSION_RATE = 0.32
 PII_QUERY_RATE = 0.01
 
 
@@ -185,15 +188,15 @@ class _Product:
 
 @dataclass
 class _Query:
-    """A query intent: its canonical text and the products a search engine would consider,
-    with their true relevance (the judged grades for judged products)."""
+    """A query intent: its canonical text, the products the ranker retrieves for it, their
+    ranking scores before noise and their true relevance (the grade, for judged products)."""
 
     text: str
     judged: bool
     no_results_rate: float
     candidates: list[str]
-    relevance: np.ndarray
-    relevance_list: list[int]
+    scores: np.ndarray
+    relevance: list[int]
     siblings: list[int] = field(default_factory=list)
 
 
@@ -232,7 +235,7 @@ def _build_catalog(rnd: random.Random) -> tuple[list[_Product], list[list[str]]]
         elif r < 0.04:
             title = title.replace(" ", "  ", 1)
         elif r < 0.06:
-            title += rnd.choice((" ", "  ", "\t"))
+            title += rnd.choice((" ", "  "))
         elif r < 0.08:
             title = title.upper()
         r = rnd.random()
@@ -256,7 +259,8 @@ def _build_catalog(rnd: random.Random) -> tuple[list[_Product], list[list[str]]]
         )
         currency = _variant(rnd, "USD", ("usd", "EUR", ""), (0.05, 0.06, 0.03))
         size = rnd.choice(SIZES[category]) if category in SIZES else ""
-        rows.append([product.product_id, title, description, brand_text, category_text, price_text, currency, color, size])
+        rows.append([product.product_id, title, description, brand_text, category_text, price_text, currency,
+                     color, size])
     return products, rows
 
 
@@ -283,17 +287,22 @@ def _build_queries(rnd: random.Random, products: list[_Product]) -> tuple[list[_
     judgments: list[tuple[str, str, int]] = []
 
     def add(text: str, judged: bool, no_results: float, pool: list[tuple[_Product, int]]) -> None:
-        ids = [p.product_id for p, _ in pool]
-        grades = [g for _, g in pool]
-        queries.append(_Query(text, judged, no_results, ids, np.array(grades, dtype=float), grades))
-        if not judged:
-            return
-        count = rnd.randint(5, 30)
-        relevant = [item for item in pool if item[1] > 0]
-        irrelevant = [item for item in pool if item[1] == 0]
-        take = min(len(relevant), math.ceil(count * 0.6))
-        chosen = rnd.sample(relevant, take) + rnd.sample(irrelevant, min(len(irrelevant), count - take))
-        judgments.extend((text, p.product_id, g) for p, g in sorted(chosen, key=lambda item: item[0].product_id))
+        chosen: list[tuple[_Product, int]] = []
+        if judged:
+            count = rnd.randint(5, 30)
+            relevant = [item for item in pool if item[1] > 0]
+            irrelevant = [item for item in pool if item[1] == 0]
+            take = min(len(relevant), math.ceil(count * 0.6))
+            chosen = rnd.sample(relevant, take) + rnd.sample(irrelevant, min(len(irrelevant), count - take))
+            judgments.extend((text, p.product_id, g) for p, g in sorted(chosen, key=lambda item: item[0].product_id))
+        # Judgments were pooled from what the ranker shows: it scores the judged products by
+        # their grade and the few unjudged candidates it retrieves lower.
+        judged_ids = {p.product_id for p, _ in chosen}
+        unjudged = [item for item in pool if item[0].product_id not in judged_ids]
+        shown = chosen + rnd.sample(unjudged, min(len(unjudged), UNJUDGED_CANDIDATES))
+        scores = [g - (0 if p.product_id in judged_ids else UNJUDGED_PENALTY) for p, g in shown]
+        queries.append(_Query(text, judged, no_results, [p.product_id for p, _ in shown],
+                              np.array(scores, dtype=float), [g for _, g in shown]))
 
     for text, kind, color, brand in specs:
         category = category_of[kind]
@@ -429,7 +438,7 @@ class _Day:
         digest = hashlib.md5(session_id.encode()).digest()
         experiment = {"id": EXPERIMENTS[digest[0] & 1], "variant": "treatment" if digest[1] & 1 else "control"}
         better_ranker = experiment == {"id": "ranker_v2", "variant": "treatment"}
-        sigma = 0.8 if better_ranker else 1.0
+        sigma = RANKER_NOISE[better_ranker]
         ctx = (session_id, user_id, offset, experiment)
         clicked: list[str] = []
         r = rnd.random()
@@ -477,7 +486,7 @@ class _Day:
             size = 10
         size = min(size, len(query.candidates))
         if size:
-            scores = query.relevance + sigma * gen.nrng.standard_normal(len(query.candidates))
+            scores = query.scores + sigma * gen.nrng.standard_normal(len(query.candidates))
             top = np.argsort(-scores)[:size].tolist()
         else:
             top = []
@@ -495,7 +504,7 @@ class _Day:
 
         positions = []
         for position, i in enumerate(top, 1):
-            if rnd.random() * position < CLICK_BASE * CLICK_BY_RELEVANCE[query.relevance_list[i]]:
+            if rnd.random() * position < CLICK_BASE * CLICK_BY_RELEVANCE[query.relevance[i]]:
                 positions.append(position)
                 if len(positions) == 3:
                     break
@@ -542,7 +551,7 @@ class _Day:
 
     def generations(self) -> None:
         gen, rnd = self.gen, self.rnd
-        count = max(1, gen.sessions // 4)
+        count = max(1, gen.sessions // 3)
         names = list(MODELS)
         shares = [MODELS[m][0] for m in names]
         end_ms = gen.end_ms
@@ -671,14 +680,17 @@ class _Generator:
         self._dates: dict[int, str] = {}
 
     def _query_weights(self) -> list[float]:
-        """Cumulative Zipf-like popularity; nothing-relevant queries are rare."""
+        """Cumulative Zipf-like popularity; unjudged queries are less and nothing-relevant
+        queries rarely asked."""
         order = list(range(len(self.queries)))
         self.rnd.shuffle(order)
         weights = [0.0] * len(order)
         for rank, index in enumerate(order, 1):
             weights[index] = 1.0 / rank**0.8
         for index, query in enumerate(self.queries):
-            if query.judged and not any(query.relevance_list):
+            if not query.judged:
+                weights[index] *= 0.5
+            elif not any(query.relevance):
                 weights[index] = 0.004
         total = 0.0
         cum = []
