@@ -3,6 +3,7 @@
 from dagster import Definitions, EnvVar, in_process_executor, multiprocess_executor
 
 from kpi_pipelines import (
+    anomalies,
     business,
     content_generation,
     data_quality,
@@ -31,6 +32,7 @@ def build_definitions(warehouse: WarehouseResource, ingestion_resource: EventIng
         business.defs,
         content_generation.defs,
         system_performance.defs,
+        anomalies.defs,
         Definitions(
             jobs=[daily_assets_job],
             resources={"warehouse": warehouse, "ingestion": ingestion_resource},

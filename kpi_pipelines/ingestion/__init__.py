@@ -3,13 +3,11 @@
 from dagster import Definitions
 
 from kpi_pipelines.ingestion.assets import products, raw_events, relevance_judgments
-from kpi_pipelines.ingestion.checks import raw_events_valid
 from kpi_pipelines.ingestion.jobs import ingest_job
 from kpi_pipelines.ingestion.sensors import landing_sensor
 
 defs = Definitions(
     assets=[raw_events, products, relevance_judgments],
-    asset_checks=[raw_events_valid],
     jobs=[ingest_job],
     sensors=[landing_sensor],
 )

@@ -4,6 +4,7 @@
 from pathlib import Path
 
 from dagster import (
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetSpec,
     BackfillPolicy,
@@ -14,6 +15,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from kpi_pipelines.ingestion.checks import RAW_EVENTS_CHECK, raw_events_check
 from kpi_pipelines.ingestion.loader import file_key
 from kpi_pipelines.ingestion.resources import EventIngestionResource
 from kpi_pipelines.partitions import daily_partitions
@@ -63,6 +65,14 @@ def partition_counts(warehouse: Warehouse, start: str, end: str) -> dict[str, in
     backfill_policy=BackfillPolicy.single_run(),
     group_name="ingestion",
     kinds={"duckdb", "postgres"},
+    check_specs=[
+        AssetCheckSpec(
+            RAW_EVENTS_CHECK,
+            asset="raw_events",
+            blocking=True,
+            description="GX: ids present and unique, known types and sources, timestamps inside the partition.",
+        )
+    ],
     description=(
         "Validated, pseudonymized and deduplicated AutoDescribe events, one row per event id, "
         "bucketed by UTC day. Materializing loads the configured files and every unloaded file "
@@ -90,7 +100,8 @@ def raw_events(
             rejected + result.rejected,
         )
     window = context.partition_time_window
-    counts = partition_counts(wh, window.start.date().isoformat(), window.end.date().isoformat())
+    start, end = window.start.date(), window.end.date()
+    counts = partition_counts(wh, start.isoformat(), end.isoformat())
     stored = sum(counts.values())
     return MaterializeResult(
         metadata={
@@ -102,6 +113,7 @@ def raw_events(
             "rejected_events_total": MetadataValue.int(
                 int(wh.scalar("SELECT count(*) FROM rejected_events") or 0)
             ),
-        }
+        },
+        check_results=[raw_events_check(wh, start, end)],
     )
 

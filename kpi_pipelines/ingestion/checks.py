@@ -3,12 +3,11 @@
 import datetime as dt
 
 import pandas as pd
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
+from dagster import AssetCheckResult, AssetCheckSeverity
 
 from kpi_pipelines.expectations import check_result, validate
 from kpi_pipelines.ingestion.contract import EVENT_TYPES, SOURCES
-from kpi_pipelines.partitions import daily_partitions
-from kpi_pipelines.warehouse import Warehouse, WarehouseResource
+from kpi_pipelines.warehouse import Warehouse
 
 REQUIRED_PRODUCT_FIELDS = ("title", "description", "brand", "category", "price")
 # The share of products that must have each field: the catalog is known to have gaps
@@ -40,16 +39,13 @@ def raw_events_expectations(start: dt.date, end: dt.date) -> list:
     ]
 
 
-@asset_check(
-    asset="raw_events",
-    partitions_def=daily_partitions,
-    blocking=True,
-    description="GX: ids present and unique, known types and sources, timestamps inside the partition.",
-)
-def raw_events_valid(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
-    window = context.partition_time_window
-    start, end = window.start.date(), window.end.date()
-    frame = raw_events_frame(warehouse.get_warehouse(), start, end)
+RAW_EVENTS_CHECK = "raw_events_valid"
+
+
+def raw_events_check(warehouse: Warehouse, start: dt.date, end: dt.date) -> AssetCheckResult:
+    """GX over the partition's events: ids present and unique, known types and sources,
+    timestamps inside the partition."""
+    frame = raw_events_frame(warehouse, start, end)
     return check_result(validate(frame, "raw_events", raw_events_expectations(start, end)), len(frame))
 
 

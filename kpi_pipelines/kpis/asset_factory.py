@@ -2,8 +2,8 @@
 
 A domain supplies a plain function `compute(warehouse, start, end) -> list[Metric]` (set-based
 SQL plus pure functions, testable without Dagster); the asset reads its partition window,
-calls it, replaces its rows in `kpi_metrics`, and reports the values as metadata so the
-Dagster UI plots each KPI across partitions.
+calls it, replaces its rows in `kpi_metrics`, checks them (a blocking GX asset check), and
+reports the values as metadata so the Dagster UI plots each KPI across partitions.
 """
 
 
@@ -12,6 +12,7 @@ from collections import defaultdict
 from typing import Callable, Sequence
 
 from dagster import (
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
@@ -22,6 +23,7 @@ from dagster import (
     asset,
 )
 
+from kpi_pipelines.kpis.checks import CHECK_NAME, kpi_rows_check
 from kpi_pipelines.kpis.store import Metric, replace_daily_metrics
 from kpi_pipelines.partitions import daily_partitions
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
@@ -53,6 +55,14 @@ def daily_kpi_asset(
         deps=[AssetKey(dep) for dep in deps],
         description=description,
         kinds={"python", "sql"},
+        check_specs=[
+            AssetCheckSpec(
+                CHECK_NAME,
+                asset=name,
+                blocking=True,
+                description="GX on the rows written: proportions in [0, 1], one row per metric, dimensions and day.",
+            )
+        ],
     )
     def _kpi_asset(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
         window = context.partition_time_window
@@ -60,18 +70,20 @@ def daily_kpi_asset(
         wh = warehouse.get_warehouse()
         metrics = compute(wh, start, end)
         written = replace_daily_metrics(wh, name, start, end, metrics)
+        check = kpi_rows_check(wh, name, start, end)
         by_day: dict[dt.date, list[Metric]] = defaultdict(list)
         for metric in metrics:
             by_day[metric.day].append(metric)
         if (end - start).days == 1:
-            return MaterializeResult(metadata=headline_metadata(by_day[start]))
+            return MaterializeResult(metadata=headline_metadata(by_day[start]), check_results=[check])
         # A multi-day run (a single-run backfill): each day gets its own values.
         for day in sorted(by_day):
             context.log_event(
                 AssetMaterialization(asset_key=context.asset_key, partition=day.isoformat(), metadata=headline_metadata(by_day[day]))
             )
         return MaterializeResult(
-            metadata={"days": MetadataValue.int((end - start).days), "rows_written": MetadataValue.int(written)}
+            metadata={"days": MetadataValue.int((end - start).days), "rows_written": MetadataValue.int(written)},
+            check_results=[check],
         )
 
     return _kpi_asset

@@ -86,6 +86,29 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        "anomalies: each daily KPI value against its trailing window",
+        [
+            """CREATE TABLE IF NOT EXISTS kpi_anomalies (
+                metric_name VARCHAR NOT NULL,
+                dimensions VARCHAR NOT NULL,
+                "timestamp" TIMESTAMP NOT NULL,
+                aggregation_level VARCHAR NOT NULL,
+                metric_value {double} NOT NULL,
+                training_points INTEGER NOT NULL,
+                training_mean {double},
+                training_stddev {double},
+                z_score {double},
+                lower_bound {double},
+                upper_bound {double},
+                sensitivity {double} NOT NULL,
+                status VARCHAR NOT NULL,
+                direction VARCHAR,
+                detected_at TIMESTAMP NOT NULL
+            )""",
+        ],
+    ),
 ]
 
 

@@ -1,0 +1,52 @@
+"""The Great Expectations check every KPI asset runs on the rows it wrote to `kpi_metrics`."""
+
+import datetime as dt
+import re
+
+import pandas as pd
+from dagster import AssetCheckResult
+
+from kpi_pipelines.expectations import check_result, validate
+from kpi_pipelines.warehouse import Warehouse
+
+CHECK_NAME = "kpi_rows_valid"
+# Metrics that are proportions, so must lie in [0, 1] (docs/metrics.md says the same).
+PROPORTION = re.compile(
+    r"(_rate$|\.completeness|\.normalization|quality_score$|precision_at_|recall_at_|\.mrr$|ndcg_at_|"
+    r"\.retention\.|\.csat$)"
+)
+
+
+def is_proportion(metric_name: str) -> bool:
+    return bool(PROPORTION.search(metric_name))
+
+
+def kpi_rows_frame(warehouse: Warehouse, source_asset: str, start: dt.date, end: dt.date) -> pd.DataFrame:
+    rows = warehouse.query(
+        'SELECT metric_name, metric_value, dimensions, "timestamp", aggregation_level FROM kpi_metrics '
+        'WHERE source_asset = :asset AND "timestamp" >= :start AND "timestamp" < :end',
+        {"asset": source_asset, "start": dt.datetime.combine(start, dt.time()), "end": dt.datetime.combine(end, dt.time())},
+    )
+    frame = pd.DataFrame(rows, columns=["metric_name", "metric_value", "dimensions", "timestamp", "aggregation_level"])
+    # proportions only; other metrics are NaN here, which GX's range check skips
+    frame["proportion_value"] = frame["metric_value"].where(frame["metric_name"].map(is_proportion))
+    return frame
+
+
+def kpi_rows_check(warehouse: Warehouse, source_asset: str, start: dt.date, end: dt.date) -> AssetCheckResult:
+    """Proportions within [0, 1]; one row per metric, dimensions and bucket; daily buckets
+    inside the partition; no missing values."""
+    import great_expectations as gx
+
+    frame = kpi_rows_frame(warehouse, source_asset, start, end)
+    last = dt.datetime.combine(end, dt.time()) - dt.timedelta(microseconds=1)
+    expectations = [
+        *(gx.expectations.ExpectColumnValuesToNotBeNull(column=c) for c in ("metric_name", "metric_value", "dimensions")),
+        gx.expectations.ExpectColumnValuesToBeBetween(column="proportion_value", min_value=0, max_value=1),
+        gx.expectations.ExpectCompoundColumnsToBeUnique(column_list=["metric_name", "dimensions", "timestamp", "aggregation_level"]),
+        gx.expectations.ExpectColumnValuesToBeInSet(column="aggregation_level", value_set=["day"]),
+        gx.expectations.ExpectColumnValuesToBeBetween(
+            column="timestamp", min_value=dt.datetime.combine(start, dt.time()), max_value=last
+        ),
+    ]
+    return check_result(validate(frame, f"kpi_metrics_{source_asset}", expectations), len(frame))
