@@ -228,18 +228,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+DOMAINS = (
+    ("data_quality.", "Data quality (the catalog)"),
+    ("retrieval.", "Retrieval quality (judged queries)"),
+    ("search.", "Search experience"),
+    ("business.", "Business"),
+    ("experiment.", "A/B experiments (cumulative)"),
+    ("content.", "Content generation"),
+    ("system.", "System performance"),
+)
+
+
 def print_summary(settings: Settings, start: dt.date, end: dt.date) -> None:
+    """Per domain, each overall daily KPI: its last day's value and its mean over the range."""
     warehouse = _warehouse(settings)
     events = warehouse.query(
         "SELECT event_type, count(*) FROM raw_events WHERE event_date BETWEEN :start AND :end GROUP BY 1 ORDER BY 1",
         {"start": start, "end": end},
     )
-    print(f"events {start}..{end}: " + ", ".join(f"{kind} {count}" for kind, count in events))
-    print(f"rejected lines kept in rejected_events: {warehouse.scalar('SELECT count(*) FROM rejected_events')}")
-    rows = query_metrics(settings, None, start, end)
-    daily = [row for row in rows if row["aggregation_level"] == "day" and row["dimensions"] == "{}"]
-    if daily:
-        print_table(daily)
+    print(f"events {start}..{end}: " + ", ".join(f"{kind} {count:,}" for kind, count in events))
+    print(f"rejected lines kept in rejected_events: {warehouse.scalar('SELECT count(*) FROM rejected_events'):,}")
+    rows = [row for row in query_metrics(settings, None, start, end) if row["aggregation_level"] == "day"]
+    overall = [row for row in rows if row["dimensions"] == "{}"]
+    for prefix, title in DOMAINS:
+        series: dict[str, list[tuple[str, float]]] = {}
+        for row in overall:
+            if row["metric_name"].startswith(prefix):
+                series.setdefault(row["metric_name"], []).append((row["timestamp"], row["metric_value"]))
+        if not series:
+            continue
+        print(f"\n{title}")
+        width = max(len(name) for name in series)
+        print(f"  {'metric'.ljust(width)}  {'last day':>12}  {'mean':>12}")
+        for name, points in sorted(series.items()):
+            last = max(points)[1]
+            mean = sum(value for _, value in points) / len(points)
+            print(f"  {name.ljust(width)}  {last:>12.4g}  {mean:>12.4g}")
+    dimensioned = len(rows) - len(overall)
+    if dimensioned:
+        print(f"\n(+ {dimensioned:,} values by dimension: kpi metrics --format table shows them all)")
+    anomalies = warehouse.query(
+        "SELECT metric_name, dimensions, CAST(\"timestamp\" AS DATE), direction, z_score FROM kpi_anomalies "
+        "WHERE status = 'anomalous' AND \"timestamp\" BETWEEN :start AND :end ORDER BY 3, 1",
+        {"start": dt.datetime.combine(start, dt.time()), "end": dt.datetime.combine(end, dt.time())},
+    )
+    print(f"\nanomalies flagged: {len(anomalies)}")
+    for name, dims, day, direction, z in anomalies[:10]:
+        print(f"  {day} {name} {dims} {direction} (z={'flat history' if z is None else f'{z:.1f}'})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,11 +14,16 @@ from kpi_pipelines import (
 )
 from kpi_pipelines.ingestion.resources import EventIngestionResource
 from kpi_pipelines.jobs import daily_assets_job
-from kpi_pipelines.settings import resource_value
+from kpi_pipelines.schedules import SchedulingResource, hourly_today, nightly_backfill
+from kpi_pipelines.settings import resource_value, setting
 from kpi_pipelines.warehouse import WarehouseResource, parse_warehouse_url
 
 
-def build_definitions(warehouse: WarehouseResource, ingestion_resource: EventIngestionResource) -> Definitions:
+def build_definitions(
+    warehouse: WarehouseResource,
+    ingestion_resource: EventIngestionResource,
+    scheduling: SchedulingResource | None = None,
+) -> Definitions:
     url = warehouse.url.get_value() if isinstance(warehouse.url, EnvVar) else warehouse.url
     # DuckDB takes one writing process: steps run inside the run's own process. PostgreSQL
     # takes concurrent writers, so steps there run in parallel processes.
@@ -35,7 +40,12 @@ def build_definitions(warehouse: WarehouseResource, ingestion_resource: EventIng
         anomalies.defs,
         Definitions(
             jobs=[daily_assets_job],
-            resources={"warehouse": warehouse, "ingestion": ingestion_resource},
+            schedules=[hourly_today, nightly_backfill],
+            resources={
+                "warehouse": warehouse,
+                "ingestion": ingestion_resource,
+                "scheduling": scheduling or SchedulingResource(),
+            },
             executor=executor,
         ),
     )
@@ -44,4 +54,5 @@ def build_definitions(warehouse: WarehouseResource, ingestion_resource: EventIng
 defs = build_definitions(
     WarehouseResource(url=resource_value("KPI_WAREHOUSE_URL"), schema_name=resource_value("KPI_WAREHOUSE_SCHEMA")),
     EventIngestionResource(pii_salt=resource_value("KPI_PII_SALT"), landing_dir=resource_value("KPI_LANDING_DIR")),
+    SchedulingResource(nightly_lookback_days=int(setting("KPI_NIGHTLY_LOOKBACK_DAYS"))),
 )

@@ -17,6 +17,7 @@ DEFAULTS = {
     "KPI_PII_SALT": DEVELOPMENT_SALT,
     "KPI_LANDING_DIR": "data/landing",
     "DAGSTER_HOME": ".dagster_home",
+    "KPI_NIGHTLY_LOOKBACK_DAYS": "2",
 }
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from dagster import (
     AssetCheckSpec,
+    FreshnessPolicy,
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
@@ -29,6 +30,9 @@ from kpi_pipelines.partitions import daily_partitions
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
 
 Compute = Callable[[Warehouse, dt.date, dt.date], list[Metric]]
+# The hourly schedule refreshes today and the nightly one yesterday: a KPI not materialized
+# for 26 hours means both have been failing; the UI shows it as stale.
+KPI_FRESHNESS = FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=26), warn_window=dt.timedelta(hours=3))
 
 
 def headline_metadata(metrics: Sequence[Metric]) -> dict[str, MetadataValue]:
@@ -55,6 +59,7 @@ def daily_kpi_asset(
         deps=[AssetKey(dep) for dep in deps],
         description=description,
         kinds={"python", "sql"},
+        freshness_policy=KPI_FRESHNESS,
         check_specs=[
             AssetCheckSpec(
                 CHECK_NAME,
