@@ -2,4 +2,6 @@
 
 from dagster import Definitions
 
-defs = Definitions(assets=[])
+from kpi_pipelines.content_generation.assets import content_generation_metrics
+
+defs = Definitions(assets=[content_generation_metrics])

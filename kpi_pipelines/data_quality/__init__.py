@@ -2,4 +2,6 @@
 
 from dagster import Definitions
 
-defs = Definitions(assets=[])
+from kpi_pipelines.data_quality.assets import data_quality_metrics
+
+defs = Definitions(assets=[data_quality_metrics])

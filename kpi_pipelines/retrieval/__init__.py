@@ -2,4 +2,6 @@
 
 from dagster import Definitions
 
-defs = Definitions(assets=[])
+from kpi_pipelines.retrieval.assets import retrieval_metrics
+
+defs = Definitions(assets=[retrieval_metrics])

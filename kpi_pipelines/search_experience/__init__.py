@@ -2,4 +2,6 @@
 
 from dagster import Definitions
 
-defs = Definitions(assets=[])
+from kpi_pipelines.search_experience.assets import search_experience_metrics
+
+defs = Definitions(assets=[search_experience_metrics])

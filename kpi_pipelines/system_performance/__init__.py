@@ -2,4 +2,6 @@
 
 from dagster import Definitions
 
-defs = Definitions(assets=[])
+from kpi_pipelines.system_performance.assets import system_performance_metrics
+
+defs = Definitions(assets=[system_performance_metrics])
