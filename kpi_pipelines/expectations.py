@@ -37,7 +37,7 @@ def describe(expectation_result: Any) -> str:
 
 
 def check_result(
-    validation: Any, rows: int, severity: AssetCheckSeverity = AssetCheckSeverity.ERROR
+    validation: Any, rows: int, severity: AssetCheckSeverity = AssetCheckSeverity.ERROR, check_name: str | None = None
 ) -> AssetCheckResult:
     """Dagster's view of a GX validation: passed, and per expectation the unexpected rows."""
     metadata: dict[str, MetadataValue] = {"rows_checked": MetadataValue.int(rows)}
@@ -53,4 +53,4 @@ def check_result(
         if not result.success:
             failed.append(name)
     metadata["failed_expectations"] = MetadataValue.json(failed)
-    return AssetCheckResult(passed=bool(validation.success), metadata=metadata, severity=severity)
+    return AssetCheckResult(passed=bool(validation.success), metadata=metadata, severity=severity, check_name=check_name)

@@ -1,7 +1,8 @@
 """The daily data-quality asset."""
 
 from kpi_pipelines.data_quality.metrics import compute_data_quality
-from kpi_pipelines.kpis.asset_factory import daily_kpi_asset
+from kpi_pipelines.ingestion.checks import CATALOG_CHECK, PRODUCT_FIELD_MOSTLY, products_check_result
+from kpi_pipelines.kpis.asset_factory import ExtraCheck, daily_kpi_asset
 
 data_quality_metrics = daily_kpi_asset(
     name="data_quality_metrics",
@@ -14,4 +15,12 @@ data_quality_metrics = daily_kpi_asset(
         "data-quality signal. Definitions: docs/metrics/data_quality.md."
     ),
     deps=("products", "raw_events"),
+    extra_checks=[
+        ExtraCheck(
+            CATALOG_CHECK,
+            f"GX on the catalog measured: product ids unique, each required field present for at least "
+            f"{PRODUCT_FIELD_MOSTLY:.0%} of products, prices positive (a warning: gaps are what the KPIs measure).",
+            products_check_result,
+        )
+    ],
 )

@@ -46,7 +46,9 @@ def raw_events_check(warehouse: Warehouse, start: dt.date, end: dt.date) -> Asse
     """GX over the partition's events: ids present and unique, known types and sources,
     timestamps inside the partition."""
     frame = raw_events_frame(warehouse, start, end)
-    return check_result(validate(frame, "raw_events", raw_events_expectations(start, end)), len(frame))
+    return check_result(
+        validate(frame, "raw_events", raw_events_expectations(start, end)), len(frame), check_name=RAW_EVENTS_CHECK
+    )
 
 
 def products_expectations() -> list:
@@ -70,8 +72,13 @@ def products_frame(warehouse: Warehouse) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["product_id", *[c for c in REQUIRED_PRODUCT_FIELDS if c != "price"], "price"])
 
 
+CATALOG_CHECK = "catalog_complete_enough"
+
+
 def products_check_result(warehouse: Warehouse) -> AssetCheckResult:
     """The catalog as it stands, against `products_expectations` (a warning, not a block:
     gaps are what the completeness KPIs measure)."""
     frame = products_frame(warehouse)
-    return check_result(validate(frame, "products", products_expectations()), len(frame), AssetCheckSeverity.WARN)
+    return check_result(
+        validate(frame, "products", products_expectations()), len(frame), AssetCheckSeverity.WARN, CATALOG_CHECK
+    )

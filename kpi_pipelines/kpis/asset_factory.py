@@ -9,9 +9,11 @@ reports the values as metadata so the Dagster UI plots each KPI across partition
 
 import datetime as dt
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from dagster import (
+    AssetCheckResult,
     AssetCheckSpec,
     FreshnessPolicy,
     AssetExecutionContext,
@@ -35,6 +37,15 @@ Compute = Callable[[Warehouse, dt.date, dt.date], list[Metric]]
 KPI_FRESHNESS = FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=26), warn_window=dt.timedelta(hours=3))
 
 
+@dataclass(frozen=True)
+class ExtraCheck:
+    """A further check an asset runs after writing, on what it read (non-blocking)."""
+
+    name: str
+    description: str
+    run: Callable[[Warehouse], AssetCheckResult]
+
+
 def headline_metadata(metrics: Sequence[Metric]) -> dict[str, MetadataValue]:
     """The overall (dimension-less) value of each metric, plus how many rows were written."""
     out: dict[str, MetadataValue] = {
@@ -50,6 +61,7 @@ def daily_kpi_asset(
     compute: Compute,
     description: str,
     deps: Sequence[str] = ("raw_events",),
+    extra_checks: Sequence[ExtraCheck] = (),
 ) -> AssetsDefinition:
     @asset(
         name=name,
@@ -66,7 +78,8 @@ def daily_kpi_asset(
                 asset=name,
                 blocking=True,
                 description="GX on the rows written: proportions in [0, 1], one row per metric, dimensions and day.",
-            )
+            ),
+            *(AssetCheckSpec(extra.name, asset=name, description=extra.description) for extra in extra_checks),
         ],
     )
     def _kpi_asset(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
@@ -75,12 +88,13 @@ def daily_kpi_asset(
         wh = warehouse.get_warehouse()
         metrics = compute(wh, start, end)
         written = replace_daily_metrics(wh, name, start, end, metrics)
-        check = kpi_rows_check(wh, name, start, end)
+        checks = [kpi_rows_check(wh, name, start, end)]
+        checks += [extra.run(wh) for extra in extra_checks]
         by_day: dict[dt.date, list[Metric]] = defaultdict(list)
         for metric in metrics:
             by_day[metric.day].append(metric)
         if (end - start).days == 1:
-            return MaterializeResult(metadata=headline_metadata(by_day[start]), check_results=[check])
+            return MaterializeResult(metadata=headline_metadata(by_day[start]), check_results=checks)
         # A multi-day run (a single-run backfill): each day gets its own values.
         for day in sorted(by_day):
             context.log_event(
@@ -88,7 +102,7 @@ def daily_kpi_asset(
             )
         return MaterializeResult(
             metadata={"days": MetadataValue.int((end - start).days), "rows_written": MetadataValue.int(written)},
-            check_results=[check],
+            check_results=checks,
         )
 
     return _kpi_asset

@@ -49,4 +49,4 @@ def kpi_rows_check(warehouse: Warehouse, source_asset: str, start: dt.date, end:
             column="timestamp", min_value=dt.datetime.combine(start, dt.time()), max_value=last
         ),
     ]
-    return check_result(validate(frame, f"kpi_metrics_{source_asset}", expectations), len(frame))
+    return check_result(validate(frame, f"kpi_metrics_{source_asset}", expectations), len(frame), check_name=CHECK_NAME)
