@@ -18,6 +18,18 @@ POSTGRES_URL = os.environ.get("KPI_TEST_POSTGRES_URL", "")
 SALT = "test-salt"
 
 
+def definitions_for(warehouse: Warehouse, landing_dir: str = "/nonexistent"):
+    """The project's own definitions, bound to a test warehouse."""
+    from kpi_pipelines.definitions import build_definitions
+    from kpi_pipelines.ingestion.resources import EventIngestionResource
+    from kpi_pipelines.warehouse import WarehouseResource
+
+    return build_definitions(
+        WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or ""),
+        EventIngestionResource(pii_salt=SALT, landing_dir=landing_dir),
+    )
+
+
 def postgres_or_skip() -> str:
     if POSTGRES_URL:
         return POSTGRES_URL

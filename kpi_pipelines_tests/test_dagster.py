@@ -8,14 +8,13 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context, instance_for_test
 
-from kpi_pipelines.definitions import build_definitions, defs
+from kpi_pipelines.definitions import defs
 from kpi_pipelines.ingestion.resources import EventIngestionResource
 from kpi_pipelines.ingestion.sensors import landing_sensor
-from kpi_pipelines.warehouse import Warehouse, WarehouseResource
-from kpi_pipelines_tests.conftest import SALT, event, postgres_or_skip
+from kpi_pipelines.warehouse import Warehouse
+from kpi_pipelines_tests.conftest import SALT, definitions_for, event
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,10 +28,7 @@ def test_definitions_load_with_every_job_and_sensor():
 
 
 def _definitions(warehouse: Warehouse, landing: Path):
-    return build_definitions(
-        WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or ""),
-        EventIngestionResource(pii_salt=SALT, landing_dir=str(landing)),
-    )
+    return definitions_for(warehouse, str(landing))
 
 
 def _write(path: Path, events: list[dict], mtime: int | None = None) -> Path:

@@ -4,18 +4,15 @@ and materializing again changes nothing."""
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import pytest
 from dagster import instance_for_test
 
-from kpi_pipelines.definitions import build_definitions
 from kpi_pipelines.ingestion.catalog import load_catalog, load_judgments
 from kpi_pipelines.ingestion.loader import EventLoader
-from kpi_pipelines.ingestion.resources import EventIngestionResource
 from kpi_pipelines.synthetic import generate
-from kpi_pipelines.warehouse import Warehouse, WarehouseResource
-from kpi_pipelines_tests.conftest import SALT
+from kpi_pipelines.warehouse import Warehouse
+from kpi_pipelines_tests.conftest import SALT, definitions_for
 
 START = dt.date(2026, 2, 1)
 DAYS = 3
@@ -27,11 +24,7 @@ def traffic(tmp_path_factory):
 
 
 def materialize_all(warehouse: Warehouse, start: dt.date, end: dt.date) -> None:
-    defs = build_definitions(
-        WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or ""),
-        EventIngestionResource(pii_salt=SALT, landing_dir="/nonexistent"),
-    )
-    job = defs.resolve_job_def("daily_assets_job")
+    job = definitions_for(warehouse).resolve_job_def("daily_assets_job")
     with instance_for_test() as instance:
         result = job.execute_in_process(
             instance=instance,

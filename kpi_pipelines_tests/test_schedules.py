@@ -38,3 +38,32 @@ def test_nightly_schedule_requests_yesterday_and_the_lookback_as_one_range():
     assert nightly_backfill(wider).tags[RANGE_START_TAG] == "2026-03-03"
     none = build_schedule_context(scheduled_execution_time=tick, resources={"scheduling": SchedulingResource(nightly_lookback_days=0)})
     assert nightly_backfill(none).tags[RANGE_START_TAG] == "2026-03-09"
+
+
+def test_late_events_are_counted_by_the_nightly_lookback(duckdb_warehouse, write_events, tmp_path):
+    from dagster import instance_for_test
+
+    from kpi_pipelines.ingestion.loader import EventLoader
+    from kpi_pipelines_tests.conftest import SALT, definitions_for, event
+
+    loader = EventLoader(duckdb_warehouse, SALT)
+    loader.load_file(write_events([event("q1", timestamp="2026-03-08T10:00:00Z"), event("q2", timestamp="2026-03-08T11:00:00Z"),
+                                   event("q3", timestamp="2026-03-10T09:00:00Z")]))
+    job = definitions_for(duckdb_warehouse).resolve_job_def("daily_assets_job")
+    tick = dt.datetime(2026, 3, 11, 2, 0, tzinfo=dt.timezone.utc)
+    request = nightly_backfill(build_schedule_context(scheduled_execution_time=tick, resources={"scheduling": SchedulingResource()}))
+
+    def queries_on(day: str) -> float:
+        return duckdb_warehouse.scalar(
+            "SELECT metric_value FROM kpi_metrics WHERE metric_name = 'search.queries' AND dimensions = '{}' "
+            "AND CAST(\"timestamp\" AS DATE) = CAST(:day AS DATE)",
+            {"day": day},
+        )
+
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, tags=request.tags).success
+        assert (queries_on("2026-03-08"), queries_on("2026-03-10")) == (2, 1)
+        # an event for two days ago arrives late; the next nightly run counts it
+        loader.load_file(write_events([event("q-late", timestamp="2026-03-08T23:59:00+00:00")]))
+        assert job.execute_in_process(instance=instance, tags=request.tags).success
+    assert (queries_on("2026-03-08"), queries_on("2026-03-10")) == (3, 1)
