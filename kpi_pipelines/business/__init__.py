@@ -2,4 +2,6 @@
 
 from dagster import Definitions
 
-defs = Definitions(assets=[])
+from kpi_pipelines.business.assets import business_metrics
+
+defs = Definitions(assets=[business_metrics])

@@ -196,17 +196,32 @@ class ValidationSQL:
             condition += f" AND {self.fragment('metadata.action')} = {_json_string(action)}"
         return condition
 
+    def _holds(self, rule: Rule) -> str:
+        f = self.fragment(rule.field)
+        condition, _ = self._check(rule)
+        present = f"{f} IS NOT NULL AND coalesce({condition}, false)"
+        return present if rule.required else f"({f} IS NULL OR ({present}))"
+
+    def _all(self, rules: list[Rule]) -> str:
+        return "(" + " AND ".join(self._holds(rule) for rule in rules) + ")" if rules else "true"
+
     def valid(self) -> str:
-        """True when the line is an event object satisfying every rule and its timestamp parses."""
-        terms = []
-        for rule, event_type, action in _gated_rules():
-            f = self.fragment(rule.field)
-            condition, _ = self._check(rule)
-            present = f"{f} IS NOT NULL AND coalesce({condition}, false)"
-            holds = present if rule.required else f"({f} IS NULL OR ({present}))"
-            applies = self._applies(event_type, action)
-            terms.append(holds if applies == "true" else f"(NOT coalesce({applies}, false) OR {holds})")
-        return "root = 'OBJECT' AND event_time IS NOT NULL AND " + "\n AND ".join(terms)
+        """True when the line is an event object satisfying every rule and its timestamp parses.
+        Nested CASEs on type and action: each line evaluates only its own type's rules."""
+        by_type: dict[str, str] = {}
+        for event_type in dict.fromkeys(t for t, _ in METADATA):
+            actions = [(a, rules) for (t, a), rules in METADATA.items() if t == event_type and a is not None]
+            per_action = "true"
+            if actions:
+                branches = " ".join(f"WHEN {_json_string(a)} THEN {self._all(rules)}" for a, rules in actions)
+                per_action = f"CASE {self.fragment('metadata.action')} {branches} ELSE false END"
+            by_type[event_type] = f"{self._all(METADATA.get((event_type, None), []))} AND {per_action}"
+        type_branches = " ".join(f"WHEN {_json_string(t)} THEN {check}" for t, check in by_type.items())
+        experiment = f"(NOT coalesce({self._applies('*experiment', None)}, false) OR {self._all(EXPERIMENT)})"
+        return (
+            f"root = 'OBJECT' AND event_time IS NOT NULL AND {self._all(ENVELOPE)} AND {experiment} "
+            f"AND CASE {self.fragment('type')} {type_branches} ELSE false END"
+        )
 
     def _reason(self, rule: Rule, applies: str) -> str:
         f = self.fragment(rule.field)

@@ -109,6 +109,25 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        3,
+        "experiments: cumulative A/B results per day, experiment and variant",
+        [
+            """CREATE TABLE IF NOT EXISTS experiment_results (
+                day DATE NOT NULL, experiment_id VARCHAR NOT NULL, variant VARCHAR NOT NULL,
+                is_control BOOLEAN NOT NULL, sessions BIGINT NOT NULL, converting_sessions BIGINT NOT NULL,
+                excluded_sessions BIGINT NOT NULL, conversion_rate {double} NOT NULL, revenue {double} NOT NULL,
+                revenue_sum_squares {double} NOT NULL, revenue_per_session {double} NOT NULL,
+                conversion_lift {double}, conversion_lift_ci_lower {double}, conversion_lift_ci_upper {double},
+                conversion_z {double}, p_value_conversion {double},
+                revenue_lift {double}, revenue_lift_ci_lower {double}, revenue_lift_ci_upper {double},
+                revenue_t {double}, revenue_dof {double}, p_value_revenue {double},
+                srm_chi_square {double}, srm_p_value {double}, srm_flag BOOLEAN NOT NULL,
+                computed_at TIMESTAMP NOT NULL,
+                PRIMARY KEY (day, experiment_id, variant)
+            )""",
+        ],
+    ),
 ]
 
 
