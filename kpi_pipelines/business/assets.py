@@ -10,6 +10,6 @@ business_metrics = daily_kpi_asset(
     description=(
         "Conversion rate, average order value, revenue per session, revenue (total and by currency), "
         "orders, day-1 and day-7 retention and 30-day customer lifetime value per UTC day "
-        "(docs/metrics/business.md)."
+        "(docs/metrics.md)."
     ),
 )

@@ -1,6 +1,6 @@
 """Business KPIs for a range of UTC days, each family in one set-based query.
 
-Definitions (docs/metrics/business.md): day D is the UTC day of an event's timestamp
+Definitions (docs/metrics.md): day D is the UTC day of an event's timestamp
 (`raw_events.event_date`); an order is a `business` event with action `order`, counted once
 per stored event (event ids are already deduplicated); revenue is `metadata.revenue` summed
 as written, whatever the currency. A ratio whose denominator is zero is not written.

@@ -10,6 +10,6 @@ content_generation_metrics = daily_kpi_asset(
     description=(
         "Review approval, edit and rejection rates, generation error rate and latency percentiles, "
         "time to review and review time, generation counts: overall and by model, per UTC day. "
-        "Definitions: docs/metrics/content_generation.md."
+        "Definitions: docs/metrics.md."
     ),
 )

@@ -1,4 +1,4 @@
-"""Content generation (docs/metrics/content_generation.md): review outcomes, generation
+"""Content generation (docs/metrics.md): review outcomes, generation
 errors and latency, time to review, overall and by model.
 
 One set-based query aggregates the generation and review events of every UTC day in the

@@ -12,7 +12,7 @@ data_quality_metrics = daily_kpi_asset(
         "Catalog completeness (overall, per field, per category), normalization of brand, category, price "
         "and title, a quality score and the product count, from `products` as it stands when materialized "
         "(the same values on every day of the partition range); and the daily mean of each catalog "
-        "data-quality signal. Definitions: docs/metrics/data_quality.md."
+        "data-quality signal. Definitions: docs/metrics.md."
     ),
     deps=("products", "raw_events"),
     extra_checks=[

@@ -1,4 +1,4 @@
-"""Catalog data quality (docs/metrics/data_quality.md).
+"""Catalog data quality (docs/metrics.md).
 
 The catalog metrics describe `products` as it stands when the partition is materialized:
 one set-based query counts what the definitions need, `catalog_metrics` turns the counts

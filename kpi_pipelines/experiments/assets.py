@@ -195,7 +195,7 @@ class ExperimentResultsConfig(Config):
     description=(
         "Cumulative A/B test results per day, experiment and variant: conversion with lift, CI and "
         "pooled z-test, revenue per session with Welch's t-test, sample-ratio mismatch "
-        "(docs/metrics/experiments.md). Writes `experiment_results` and headline rows in `kpi_metrics`."
+        "(docs/metrics.md). Writes `experiment_results` and headline rows in `kpi_metrics`."
     ),
     check_specs=[
         AssetCheckSpec(

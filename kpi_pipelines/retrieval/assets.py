@@ -10,7 +10,7 @@ retrieval_metrics = daily_kpi_asset(
     description=(
         "Precision@5/10, recall@5/10, MRR and nDCG@10 of the day's judged search queries "
         "(trec_eval conventions, averaged over query events), and how many there were. "
-        "See docs/metrics/retrieval.md."
+        "See docs/metrics.md."
     ),
     deps=("raw_events", "relevance_judgments"),
 )

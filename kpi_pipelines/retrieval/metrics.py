@@ -1,4 +1,4 @@
-"""Retrieval quality over judged queries, trec_eval conventions (docs/metrics/retrieval.md).
+"""Retrieval quality over judged queries, trec_eval conventions (docs/metrics.md).
 
 One set-based query computes every metric for every UTC day of a range: each judged query
 event's ranked results are unnested with their ranks and joined to the judgments, each

@@ -10,6 +10,6 @@ search_experience_metrics = daily_kpi_asset(
     description=(
         "Search volume, click-through, no-results and success rates, click position, time to "
         "first click, refinements, satisfaction and per-user engagement of the day's searches. "
-        "See docs/metrics/search_experience.md."
+        "See docs/metrics.md."
     ),
 )

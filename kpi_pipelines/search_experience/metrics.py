@@ -1,4 +1,4 @@
-"""Search experience KPIs (docs/metrics/search_experience.md).
+"""Search experience KPIs (docs/metrics.md).
 
 One set-based query computes every metric for every UTC day of a range. Each population
 (query events, click events, feedback events, identified users) is aggregated per day in

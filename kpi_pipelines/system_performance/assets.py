@@ -9,6 +9,6 @@ system_performance_metrics = daily_kpi_asset(
     compute=compute_system_performance,
     description=(
         "Request latency p50/p95/p99, server error rate (5xx) and request counts: overall and by "
-        "(service, endpoint), per UTC day. Definitions: docs/metrics/system_performance.md."
+        "(service, endpoint), per UTC day. Definitions: docs/metrics.md."
     ),
 )

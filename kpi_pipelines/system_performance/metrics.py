@@ -1,4 +1,4 @@
-"""System performance (docs/metrics/system_performance.md): request latency percentiles,
+"""System performance (docs/metrics.md): request latency percentiles,
 server error rate and request counts, overall and by (service, endpoint).
 
 One set-based query aggregates the `system_performance` events of every UTC day in the
