@@ -16,8 +16,10 @@ from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 def validate(frame: pd.DataFrame, suite_name: str, expectations: Sequence[Any]) -> Any:
     """Run GX expectations over a dataframe; returns GX's validation result."""
     import great_expectations as gx  # imported here: it takes seconds, definitions must load fast
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # no bars in run logs
     batch = (
         context.data_sources.add_pandas("kpi_pipelines")
         .add_dataframe_asset(suite_name)
