@@ -16,7 +16,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 
@@ -108,96 +108,97 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
-def load_catalog(warehouse: Warehouse, path: str | Path, allow_rejects: bool = False) -> ReferenceLoadResult:
-    """Replace `products` with the snapshot in `path` (CSV with a header, or JSONL)."""
+# Builds one row for the table from a file row, or returns the reason the row is bad.
+RowBuilder = Callable[[dict[str, Any]], "list[Any] | str"]
+
+
+def _load_reference(
+    warehouse: Warehouse,
+    path: str | Path,
+    required: tuple[str, ...],
+    table: str,
+    columns: str,
+    build: RowBuilder,
+    allow_rejects: bool,
+    derived: dict[str, str] | None = None,
+) -> ReferenceLoadResult:
+    """Check every row of `path`, then (unless a row is bad and rejects are not allowed)
+    replace `table` with the good rows."""
     path = Path(path)
-    _check_header(path, ("product_id",))
+    _check_header(path, required)
     result = ReferenceLoadResult(str(path))
-    seen: set[str] = set()
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     out = io.StringIO()
     writer = csv.writer(out)
     try:
         for line, row, problem in _rows(path):
-            if problem:
-                result.problems.append(RowProblem(line, problem))
+            built = problem or build(row or {})
+            if isinstance(built, str):
+                result.problems.append(RowProblem(line, built))
                 continue
-            assert row is not None
-            product_id = (_text(row.get("product_id")) or "").strip()
-            if not product_id:
-                result.problems.append(RowProblem(line, "product_id: required"))
-                continue
-            if product_id in seen:
-                result.problems.append(RowProblem(line, f"product_id: {product_id!r} appears twice in the file"))
-                continue
-            seen.add(product_id)
-            price_raw = _text(row.get("price"))
-            price = row["price"] if isinstance(row.get("price"), (int, float)) else parse_price(price_raw)
-            attributes = {k: v for k, v in row.items() if k not in CATALOG_FIELDS and v not in (None, "")}
-            writer.writerow(
-                [
-                    product_id,
-                    *(_text(row.get(name)) for name in ("title", "description", "brand", "category")),
-                    "" if price is None else repr(float(price)),
-                    price_raw,
-                    _text(row.get("currency")),
-                    json.dumps(attributes, ensure_ascii=False),
-                    now.isoformat(sep=" "),
-                ]
-            )
+            writer.writerow(built)
             result.loaded += 1
     except UnicodeDecodeError as error:
         raise CatalogError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    if result.problems and not allow_rejects:
-        return result
-    columns = "product_id, title, description, brand, category, price, price_raw, currency, attributes, loaded_at"
-    _replace_table(warehouse, "products", columns, out.getvalue())
+    if not result.problems or allow_rejects:
+        _replace_table(warehouse, table, columns, out.getvalue(), derived)
     return result
+
+
+def load_catalog(warehouse: Warehouse, path: str | Path, allow_rejects: bool = False) -> ReferenceLoadResult:
+    """Replace `products` with the snapshot in `path` (CSV with a header, or JSONL)."""
+    seen: set[str] = set()
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+
+    def build(row: dict[str, Any]) -> list[Any] | str:
+        product_id = (_text(row.get("product_id")) or "").strip()
+        if not product_id:
+            return "product_id: required"
+        if product_id in seen:
+            return f"product_id: {product_id!r} appears twice in the file"
+        seen.add(product_id)
+        price_raw = _text(row.get("price"))
+        price = row["price"] if isinstance(row.get("price"), (int, float)) else parse_price(price_raw)
+        attributes = {k: v for k, v in row.items() if k not in CATALOG_FIELDS and v not in (None, "")}
+        return [
+            product_id,
+            *(_text(row.get(name)) for name in ("title", "description", "brand", "category")),
+            "" if price is None else repr(float(price)),
+            price_raw,
+            _text(row.get("currency")),
+            json.dumps(attributes, ensure_ascii=False),
+            now,
+        ]
+
+    columns = "product_id, title, description, brand, category, price, price_raw, currency, attributes, loaded_at"
+    return _load_reference(warehouse, path, ("product_id",), "products", columns, build, allow_rejects)
 
 
 def load_judgments(warehouse: Warehouse, path: str | Path, allow_rejects: bool = False) -> ReferenceLoadResult:
     """Replace `relevance_judgments` with `path`: CSV with header `query,product_id,relevance`."""
-    path = Path(path)
-    _check_header(path, JUDGMENT_FIELDS)
-    result = ReferenceLoadResult(str(path))
     seen: set[tuple[str, str]] = set()
-    out = io.StringIO()
-    writer = csv.writer(out)
-    try:
-        for line, row, problem in _rows(path):
-            if problem:
-                result.problems.append(RowProblem(line, problem))
-                continue
-            assert row is not None
-            query = _text(row.get("query")) or ""
-            product_id = (_text(row.get("product_id")) or "").strip()
-            relevance = (_text(row.get("relevance")) or "").strip()
-            if not query.strip():
-                result.problems.append(RowProblem(line, "query: required"))
-            elif not product_id:
-                result.problems.append(RowProblem(line, "product_id: required"))
-            elif not re.fullmatch(r"\d+", relevance):
-                result.problems.append(RowProblem(line, f"relevance: expected an integer >= 0, got {relevance!r}"))
-            else:
-                key = (" ".join(query.lower().split()), product_id)
-                if key in seen:
-                    result.problems.append(RowProblem(line, f"query {query!r} judges {product_id!r} twice"))
-                    continue
-                seen.add(key)
-                writer.writerow([query, product_id, int(relevance)])
-                result.loaded += 1
-    except UnicodeDecodeError as error:
-        raise CatalogError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    if result.problems and not allow_rejects:
-        return result
-    _replace_table(
-        warehouse,
-        "relevance_judgments",
-        "query, product_id, relevance",
-        out.getvalue(),
-        derived={"query_norm": normalized_query_sql("query")},
+
+    def build(row: dict[str, Any]) -> list[Any] | str:
+        query = _text(row.get("query")) or ""
+        product_id = (_text(row.get("product_id")) or "").strip()
+        relevance = (_text(row.get("relevance")) or "").strip()
+        if not query.strip():
+            return "query: required"
+        if not product_id:
+            return "product_id: required"
+        if not re.fullmatch(r"\d+", relevance):
+            return f"relevance: expected an integer >= 0, got {relevance!r}"
+        # Python's split() collapses at least what the SQL normalization does, so no two rows
+        # kept here can collide on the table's (query_norm, product_id) key.
+        key = (" ".join(query.lower().split()), product_id)
+        if key in seen:
+            return f"query {query!r} judges {product_id!r} twice"
+        seen.add(key)
+        return [query, product_id, int(relevance)]
+
+    return _load_reference(
+        warehouse, path, JUDGMENT_FIELDS, "relevance_judgments", "query, product_id, relevance", build,
+        allow_rejects, derived={"query_norm": normalized_query_sql("query")},
     )
-    return result
 
 
 def _replace_table(

@@ -58,6 +58,16 @@ def metrics_from_rows(
     return out
 
 
+def metrics_from_columns(rows: Iterable[object], names: Iterable[str], day_key: str = "day") -> list[Metric]:
+    """Metrics from wide rows: one row per day with one column per metric, named as stored."""
+    names = tuple(names)
+    return metrics_from_rows(
+        {"day": row._mapping[day_key], "metric_name": name, "metric_value": row._mapping[name]}  # type: ignore[attr-defined]
+        for row in rows
+        for name in names
+    )
+
+
 def replace_daily_metrics(
     warehouse: Warehouse, source_asset: str, start: dt.date, end: dt.date, metrics: Iterable[Metric]
 ) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from kpi_pipelines.kpis.store import Metric, metrics_from_rows
+from kpi_pipelines.kpis.store import Metric, metrics_from_columns
 from kpi_pipelines.warehouse import Warehouse
 from kpi_pipelines.warehouse.dialect import Dialect
 from kpi_pipelines.warehouse.expressions import normalized_query_sql
@@ -116,8 +116,4 @@ def retrieval_sql(sql: Dialect) -> str:
 def compute_retrieval_metrics(warehouse: Warehouse, start: dt.date, end: dt.date) -> list[Metric]:
     """The retrieval metrics of every UTC day in [start, end) that has judged query events."""
     rows = warehouse.query(retrieval_sql(warehouse.sql), {"start": start, "end": end})
-    return metrics_from_rows(
-        {"day": row.day, "metric_name": name, "metric_value": row._mapping[name]}
-        for row in rows
-        for name in METRIC_NAMES
-    )
+    return metrics_from_columns(rows, METRIC_NAMES)

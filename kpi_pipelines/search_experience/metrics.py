@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from kpi_pipelines.kpis.store import Metric, metrics_from_rows
+from kpi_pipelines.kpis.store import Metric, metrics_from_columns
 from kpi_pipelines.warehouse import Warehouse
 from kpi_pipelines.warehouse.dialect import Dialect
 
@@ -145,8 +145,4 @@ def search_experience_sql(sql: Dialect) -> str:
 def compute_search_experience_metrics(warehouse: Warehouse, start: dt.date, end: dt.date) -> list[Metric]:
     """The search experience metrics of every UTC day in [start, end) with stored events."""
     rows = warehouse.query(search_experience_sql(warehouse.sql), {"start": start, "end": end})
-    return metrics_from_rows(
-        {"day": row.day, "metric_name": name, "metric_value": row._mapping[name]}
-        for row in rows
-        for name in METRIC_NAMES
-    )
+    return metrics_from_columns(rows, METRIC_NAMES)
