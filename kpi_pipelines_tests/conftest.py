@@ -122,6 +122,21 @@ def write_events(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+def load_events(warehouse: Warehouse, write_events: Callable[..., Path], events: list[dict[str, Any]]) -> None:
+    """Load events that must all be accepted (the KPI tests' fixtures)."""
+    from kpi_pipelines.ingestion.loader import EventLoader
+
+    result = EventLoader(warehouse, SALT).load_file(write_events(events))
+    assert (result.accepted, result.rejected) == (len(events), 0), result
+
+
+def metric_values(metrics: list[Any]) -> dict[tuple[Any, str, str], float]:
+    """{(day, name, dimensions): value}, asserting no metric was produced twice."""
+    out = {(m.day, m.name, m.dimensions_text): m.value for m in metrics}
+    assert len(out) == len(metrics), "a metric was written twice"
+    return out
+
+
 def all_table_text(warehouse: Warehouse) -> str:
     """Every value of every table of the warehouse schema, as one text (for PII scans)."""
     names = [

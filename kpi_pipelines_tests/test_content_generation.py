@@ -12,10 +12,8 @@ from dagster import materialize
 
 from kpi_pipelines.content_generation import content_generation_metrics
 from kpi_pipelines.content_generation.metrics import compute_content_generation
-from kpi_pipelines.ingestion.loader import EventLoader
-from kpi_pipelines.kpis.store import Metric
-from kpi_pipelines.warehouse import Warehouse, WarehouseResource
-from kpi_pipelines_tests.conftest import SALT, event
+from kpi_pipelines.warehouse import WarehouseResource
+from kpi_pipelines_tests.conftest import event, load_events, metric_values
 
 D0, D1, D2, D3 = (dt.date(2026, 3, d) for d in (9, 10, 11, 12))
 OVERALL = "{}"
@@ -115,37 +113,26 @@ EXPECTED = {
 }
 
 
-def values(metrics: list[Metric]) -> dict[tuple[dt.date, str, str], float]:
-    out = {(m.day, m.name, m.dimensions_text): m.value for m in metrics}
-    assert len(out) == len(metrics), "a metric was written twice"
-    return out
-
-
-def load(warehouse: Warehouse, write_events, events: list[dict]) -> None:
-    result = EventLoader(warehouse, SALT).load_file(write_events(events))
-    assert (result.accepted, result.rejected) == (len(events), 0)
-
-
 def test_every_metric_matches_hand_computed_values(warehouse, write_events):
-    load(warehouse, write_events, EVENTS)
-    got = values(compute_content_generation(warehouse, D0, dt.date(2026, 3, 13)))
+    load_events(warehouse, write_events, EVENTS)
+    got = metric_values(compute_content_generation(warehouse, D0, dt.date(2026, 3, 13)))
     assert got == pytest.approx(EXPECTED, abs=1e-6)
 
 
 def test_a_one_day_window_still_joins_generations_of_other_days(warehouse, write_events):
-    load(warehouse, write_events, EVENTS)
-    got = values(compute_content_generation(warehouse, D3, D3 + dt.timedelta(days=1)))
+    load_events(warehouse, write_events, EVENTS)
+    got = metric_values(compute_content_generation(warehouse, D3, D3 + dt.timedelta(days=1)))
     assert got == pytest.approx({key: value for key, value in EXPECTED.items() if key[0] == D3}, abs=1e-6)
 
 
 def test_no_events_no_rows(warehouse, write_events):
-    load(warehouse, write_events, EVENTS)
+    load_events(warehouse, write_events, EVENTS)
     assert compute_content_generation(warehouse, dt.date(2026, 4, 1), dt.date(2026, 4, 3)) == []
 
 
 def test_only_failed_generations_write_no_latency(warehouse, write_events):
-    load(warehouse, write_events, [generation("x1", "2026-03-10T10:00:00Z", "gx", "m-c", 900, "error")])
-    got = values(compute_content_generation(warehouse, D1, D2))
+    load_events(warehouse, write_events, [generation("x1", "2026-03-10T10:00:00Z", "gx", "m-c", 900, "error")])
+    got = metric_values(compute_content_generation(warehouse, D1, D2))
     assert got == {
         (D1, "content.generations", OVERALL): 1.0,
         (D1, "content.generation_error_rate", OVERALL): 1.0,
@@ -155,7 +142,7 @@ def test_only_failed_generations_write_no_latency(warehouse, write_events):
 
 
 def test_asset_writes_its_partition_once(warehouse, write_events):
-    load(warehouse, write_events, EVENTS)
+    load_events(warehouse, write_events, EVENTS)
     resource = WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or "")
     for _ in range(2):  # re-materializing replaces the partition's rows
         result = materialize([content_generation_metrics], partition_key=D1.isoformat(), resources={"warehouse": resource})

@@ -15,10 +15,8 @@ from dagster import materialize
 from kpi_pipelines.data_quality import data_quality_metrics
 from kpi_pipelines.data_quality.metrics import compute_data_quality
 from kpi_pipelines.ingestion.catalog import load_catalog
-from kpi_pipelines.ingestion.loader import EventLoader
-from kpi_pipelines.kpis.store import Metric
-from kpi_pipelines.warehouse import Warehouse, WarehouseResource
-from kpi_pipelines_tests.conftest import SALT, event
+from kpi_pipelines.warehouse import WarehouseResource
+from kpi_pipelines_tests.conftest import event, load_events, metric_values
 
 DAY = dt.date(2026, 3, 10)
 NEXT_DAY = dt.date(2026, 3, 11)
@@ -66,19 +64,9 @@ def write_catalog(path: Path, rows: list[list[str]]) -> Path:
     return path
 
 
-def values(metrics: list[Metric]) -> dict[tuple[dt.date, str, str], float]:
-    out = {(m.day, m.name, m.dimensions_text): m.value for m in metrics}
-    assert len(out) == len(metrics), "a metric was written twice"
-    return out
-
-
-def load_events(warehouse: Warehouse, write_events, events: list[dict]) -> None:
-    EventLoader(warehouse, SALT).load_file(write_events(events))
-
-
 def test_catalog_metrics_match_hand_computed_values(warehouse, tmp_path):
     load_catalog(warehouse, write_catalog(tmp_path / "catalog.csv", CATALOG))
-    got = values(compute_data_quality(warehouse, DAY, NEXT_DAY))
+    got = metric_values(compute_data_quality(warehouse, DAY, NEXT_DAY))
 
     overall = {name: value for (day, name, dims), value in got.items() if dims == "{}"}
     assert overall == pytest.approx(OVERALL, abs=1e-12)
@@ -112,7 +100,7 @@ def test_blank_means_any_whitespace_and_null_is_missing(warehouse, tmp_path):
 def test_catalog_values_are_written_on_every_day_of_the_range(warehouse, tmp_path):
     load_catalog(warehouse, write_catalog(tmp_path / "catalog.csv", CATALOG))
     start, end = dt.date(2026, 3, 1), dt.date(2026, 3, 4)
-    got = values(compute_data_quality(warehouse, start, end))
+    got = metric_values(compute_data_quality(warehouse, start, end))
     days = {day for day, _, _ in got}
     assert days == {dt.date(2026, 3, 1), dt.date(2026, 3, 2), dt.date(2026, 3, 3)}
     for day in days:
@@ -163,7 +151,7 @@ def test_signal_is_the_daily_mean_of_each_table_and_check(warehouse, write_event
         signal("d5", "2026-03-11T05:00:00Z", "null_brand", 20),
         signal("d6", "2026-03-12T05:00:00Z", "null_brand", 99),  # outside the window
     ])
-    got = values(compute_data_quality(warehouse, DAY, dt.date(2026, 3, 12)))
+    got = metric_values(compute_data_quality(warehouse, DAY, dt.date(2026, 3, 12)))
     brand = json.dumps({"check": "null_brand", "table": "products"})
     price = json.dumps({"check": "invalid_price", "table": "products"})
     assert got == {

@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 from dagster import materialize
 
-from kpi_pipelines.ingestion.loader import EventLoader
 from kpi_pipelines.search_experience import search_experience_metrics
 from kpi_pipelines.search_experience.metrics import compute_search_experience_metrics
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
-from kpi_pipelines_tests.conftest import SALT, event
+from kpi_pipelines_tests.conftest import event, load_events
 
 D = dt.date(2026, 3, 10)
 
@@ -97,11 +96,6 @@ EXPECTED = {
 }
 
 
-def load(warehouse: Warehouse, write_events, events: list[dict]) -> None:
-    result = EventLoader(warehouse, SALT).load_file(write_events(events))
-    assert (result.accepted, result.rejected) == (len(events), 0)
-
-
 def by_day(warehouse: Warehouse, start: dt.date, end: dt.date) -> dict[dt.date, dict[str, float]]:
     out: dict[dt.date, dict[str, float]] = {}
     for metric in compute_search_experience_metrics(warehouse, start, end):
@@ -111,7 +105,7 @@ def by_day(warehouse: Warehouse, start: dt.date, end: dt.date) -> dict[dt.date, 
 
 
 def test_every_metric_by_hand(warehouse, write_events):
-    load(warehouse, write_events, EVENTS)
+    load_events(warehouse, write_events, EVENTS)
     got = by_day(warehouse, D - dt.timedelta(days=3), D + dt.timedelta(days=3))
     assert got.keys() == EXPECTED.keys()
     for day, values in EXPECTED.items():
@@ -119,14 +113,14 @@ def test_every_metric_by_hand(warehouse, write_events):
 
 
 def test_a_range_computes_only_its_days_but_matches_clicks_and_refinements_from_any_day(warehouse, write_events):
-    load(warehouse, write_events, EVENTS)
+    load_events(warehouse, write_events, EVENTS)
     got = by_day(warehouse, D, D + dt.timedelta(days=1))
     assert list(got) == [D]
     assert got[D] == pytest.approx(EXPECTED[D], rel=1e-12)
 
 
 def test_days_without_searches(warehouse, write_events):
-    load(warehouse, write_events, [event("x", "generation", generation_id="g", product_id="P1", model="m",
+    load_events(warehouse, write_events, [event("x", "generation", generation_id="g", product_id="P1", model="m",
                                          latency_ms=5, status="success", timestamp="2026-03-10T12:00:00Z")])
     assert by_day(warehouse, D - dt.timedelta(days=1), D) == {}
     # a day with events but no search at all: only the volume, 0, and the engagement it has
@@ -136,7 +130,7 @@ def test_days_without_searches(warehouse, write_events):
 
 
 def test_asset_writes_its_partition_once(warehouse, write_events):
-    load(warehouse, write_events, EVENTS)
+    load_events(warehouse, write_events, EVENTS)
     resource = WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or "")
     for _ in range(2):  # re-materializing replaces the partition's rows
         result = materialize([search_experience_metrics], partition_key=D.isoformat(), resources={"warehouse": resource})

@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 from dagster import materialize
 
-from kpi_pipelines.ingestion.loader import EventLoader
-from kpi_pipelines.kpis.store import Metric
 from kpi_pipelines.system_performance import system_performance_metrics
 from kpi_pipelines.system_performance.metrics import compute_system_performance
-from kpi_pipelines.warehouse import Warehouse, WarehouseResource
-from kpi_pipelines_tests.conftest import SALT, event
+from kpi_pipelines.warehouse import WarehouseResource
+from kpi_pipelines_tests.conftest import event, load_events, metric_values
 
 DAY = dt.date(2026, 3, 10)
 NEXT_DAY = dt.date(2026, 3, 11)
@@ -68,25 +66,14 @@ EXPECTED = {
 }
 
 
-def values(metrics: list[Metric]) -> dict[tuple[dt.date, str, str], float]:
-    out = {(m.day, m.name, m.dimensions_text): m.value for m in metrics}
-    assert len(out) == len(metrics), "a metric was written twice"
-    return out
-
-
-def load(warehouse: Warehouse, write_events, events: list[dict]) -> None:
-    result = EventLoader(warehouse, SALT).load_file(write_events(events))
-    assert (result.accepted, result.rejected) == (len(events), 0)
-
-
 def test_every_metric_matches_hand_computed_values(warehouse, write_events):
-    load(warehouse, write_events, EVENTS)
-    got = values(compute_system_performance(warehouse, DAY, dt.date(2026, 3, 12)))
+    load_events(warehouse, write_events, EVENTS)
+    got = metric_values(compute_system_performance(warehouse, DAY, dt.date(2026, 3, 12)))
     assert got == pytest.approx(EXPECTED, abs=1e-9)
 
 
 def test_no_requests_no_rows(warehouse, write_events):
-    load(warehouse, write_events, EVENTS)
+    load_events(warehouse, write_events, EVENTS)
     assert compute_system_performance(warehouse, dt.date(2026, 3, 1), DAY) == []
 
 
@@ -97,8 +84,8 @@ def test_percentiles_agree_with_numpy(warehouse, write_events):
                 rnd.choice(("/a", "/b")), round(rnd.lognormvariate(4, 1), 3), rnd.choice((200, 200, 201, 404, 500, 502)))
         for n in range(300)
     ]
-    load(warehouse, write_events, events)
-    got = values(compute_system_performance(warehouse, DAY, NEXT_DAY))
+    load_events(warehouse, write_events, events)
+    got = metric_values(compute_system_performance(warehouse, DAY, NEXT_DAY))
     for endpoint in ("/a", "/b", None):
         chosen = [e["metadata"] for e in events if endpoint is None or e["metadata"]["endpoint"] == endpoint]
         dims = OVERALL if endpoint is None else json.dumps({"endpoint": endpoint, "service": "svc"})
@@ -111,7 +98,7 @@ def test_percentiles_agree_with_numpy(warehouse, write_events):
 
 
 def test_asset_writes_its_partition_once(warehouse, write_events):
-    load(warehouse, write_events, EVENTS)
+    load_events(warehouse, write_events, EVENTS)
     resource = WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or "")
     for _ in range(2):  # re-materializing replaces the partition's rows
         result = materialize([system_performance_metrics], partition_key=DAY.isoformat(), resources={"warehouse": resource})
