@@ -214,18 +214,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     end = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
     start = end - dt.timedelta(days=args.days - 1)
-    print(f"1/4 generating {args.days} days of traffic ({args.sessions} sessions a day) into {out}")
+    print(f"1/5 generating {args.days} days of traffic ({args.sessions} sessions a day) into {out}")
     traffic = generate(out, days=args.days, sessions=args.sessions, seed=args.seed, start=start)
-    print(f"2/4 loading the catalog and judgments, ingesting {traffic.events} events")
+    print(f"2/5 loading the catalog and judgments, ingesting {traffic.events} events")
     warehouse = _warehouse(settings)
     load_catalog(warehouse, traffic.catalog_path)
     load_judgments(warehouse, traffic.judgments_path)
     ingest_files(settings, [str(traffic.events_path)])
-    print(f"3/4 materializing {start}..{end}")
+    print(f"3/5 materializing {start}..{end}")
     materialize(start, end)
-    print("4/4 summary")
+    print("4/5 summary")
     print_summary(settings, start, end)
-    return 0
+    print("\n5/5 evaluating the alert rules at the start of today")
+    from kpi_pipelines.alerts.cli import evaluate_and_print, list_alerts
+
+    status = evaluate_and_print(at=dt.datetime.combine(end + dt.timedelta(days=1), dt.time()), trigger="demo")
+    if status == 0:
+        for line in list_alerts(warehouse):
+            print(line)
+    return status
 
 
 DOMAINS = (
@@ -320,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=_positive, default=1500)
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_demo)
+
+    from kpi_pipelines.alerts.cli import add_alert_commands
+
+    add_alert_commands(sub)
     return parser
 
 

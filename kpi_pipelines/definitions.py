@@ -3,6 +3,7 @@
 from dagster import Definitions, EnvVar, in_process_executor, multiprocess_executor
 
 from kpi_pipelines import (
+    alerts,
     anomalies,
     business,
     content_generation,
@@ -40,6 +41,7 @@ def build_definitions(
         content_generation.defs,
         system_performance.defs,
         anomalies.defs,
+        alerts.defs,
         Definitions(
             jobs=[daily_assets_job],
             schedules=[hourly_today, nightly_backfill],

@@ -18,6 +18,19 @@ DEFAULTS = {
     "KPI_LANDING_DIR": "data/landing",
     "DAGSTER_HOME": ".dagster_home",
     "KPI_NIGHTLY_LOOKBACK_DAYS": "2",
+    # alerting (docs/alerts.md)
+    "KPI_ALERT_RULES": "",  # '' = the packaged kpi_pipelines/alerts/default_rules.yaml
+    "SLACK_BOT_TOKEN": "",  # '' = Slack notifications go to the log
+    "KPI_SLACK_BASE_URL": "",  # '' = Slack's own
+    "DAGSTER_WEBSERVER_URL": "http://localhost:3000",
+    "KPI_SMTP_HOST": "",  # '' = e-mail notifications go to the log
+    "KPI_SMTP_PORT": "25",
+    "KPI_SMTP_FROM": "kpi-alerts@localhost",
+    "KPI_SMTP_USER": "",
+    "KPI_SMTP_PASSWORD": "",
+    "KPI_SMTP_STARTTLS": "false",
+    "KPI_ALERT_METRICS_RELATION": "kpi_metrics",
+    "KPI_ALERT_EVALUATION_INTERVAL": "15m",
 }
 
 

@@ -128,6 +128,102 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        4,
+        "alerts: instances, outbox, notification log, silences, evaluations",
+        [
+            # One row per episode of a rule's series: opened when it leaves Normal (pending or
+            # firing), closed (status 'resolved') when it returns. The seed's AlertInstance.
+            """CREATE TABLE IF NOT EXISTS alert_instances (
+                id VARCHAR NOT NULL PRIMARY KEY,
+                rule_name VARCHAR NOT NULL,
+                fingerprint VARCHAR NOT NULL,
+                metric_name VARCHAR NOT NULL,
+                aggregation_level VARCHAR NOT NULL,
+                dimensions VARCHAR NOT NULL,
+                labels VARCHAR NOT NULL,
+                state VARCHAR NOT NULL,
+                status VARCHAR NOT NULL,
+                severity VARCHAR,
+                pending_since TIMESTAMP,
+                triggered_at TIMESTAMP,
+                recovering_since TIMESTAMP,
+                critical_since TIMESTAMP,
+                resolved_at TIMESTAMP,
+                current_value {double},
+                threshold_value {double},
+                details VARCHAR NOT NULL,
+                last_evaluated_at TIMESTAMP NOT NULL,
+                last_notified_at TIMESTAMP,
+                last_escalated_at TIMESTAMP,
+                firing_notified BOOLEAN NOT NULL,
+                escalation_notified BOOLEAN NOT NULL,
+                notification_sent BOOLEAN NOT NULL
+            )""",
+            # Notifications waiting to be delivered (at least once): deleted only when the
+            # notification log row is written, in the same transaction, after a successful send.
+            """CREATE TABLE IF NOT EXISTS alert_outbox (
+                id VARCHAR NOT NULL PRIMARY KEY,
+                alert_id VARCHAR NOT NULL,
+                rule_name VARCHAR NOT NULL,
+                fingerprint VARCHAR NOT NULL,
+                channel VARCHAR NOT NULL,
+                kind VARCHAR NOT NULL,
+                severity VARCHAR,
+                payload VARCHAR NOT NULL,
+                evaluation_id VARCHAR NOT NULL,
+                created_at TIMESTAMP NOT NULL,
+                attempts INTEGER NOT NULL,
+                next_attempt_at TIMESTAMP NOT NULL,
+                last_attempt_at TIMESTAMP,
+                last_error VARCHAR
+            )""",
+            # What was delivered: one row per notification (id = its outbox id), written only after
+            # the channel accepted the message. channel_type 'log' = written to the log instead
+            # (no Slack token / no SMTP host).
+            """CREATE TABLE IF NOT EXISTS alert_notification_log (
+                id VARCHAR NOT NULL PRIMARY KEY,
+                alert_id VARCHAR NOT NULL,
+                rule_name VARCHAR NOT NULL,
+                fingerprint VARCHAR NOT NULL,
+                channel VARCHAR NOT NULL,
+                channel_type VARCHAR NOT NULL,
+                destination VARCHAR NOT NULL,
+                kind VARCHAR NOT NULL,
+                severity VARCHAR,
+                message_id VARCHAR,
+                group_size INTEGER NOT NULL,
+                payload VARCHAR NOT NULL,
+                queued_at TIMESTAMP NOT NULL,
+                sent_at TIMESTAMP NOT NULL,
+                attempts INTEGER NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS alert_silences (
+                id VARCHAR NOT NULL PRIMARY KEY,
+                rule_name VARCHAR NOT NULL,
+                starts_at TIMESTAMP NOT NULL,
+                ends_at TIMESTAMP NOT NULL,
+                reason VARCHAR NOT NULL,
+                created_by VARCHAR NOT NULL,
+                created_at TIMESTAMP NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS alert_evaluations (
+                id VARCHAR NOT NULL PRIMARY KEY,
+                evaluated_at TIMESTAMP NOT NULL,
+                started_at TIMESTAMP NOT NULL,
+                finished_at TIMESTAMP NOT NULL,
+                trigger VARCHAR NOT NULL,
+                rules INTEGER NOT NULL,
+                series INTEGER NOT NULL,
+                pending INTEGER NOT NULL,
+                firing INTEGER NOT NULL,
+                resolved INTEGER NOT NULL,
+                queued INTEGER NOT NULL
+            )""",
+            """CREATE INDEX IF NOT EXISTS alert_instances_by_rule ON alert_instances (rule_name, fingerprint)""",
+            """CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox (next_attempt_at)""",
+        ],
+    ),
 ]
 
 
