@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test test-duckdb dev bench clean
+.PHONY: install demo test dev bench deploy-local clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/python -c "from kpi_pipelines.cli import dagster_home; dagster_home()"
 	$(BIN)/dagster dev -w workspace.yaml
+
+# the deployed shape on one machine: code server, webserver and daemon on PostgreSQL (docs/deployment.md)
+deploy-local: $(STAMP)
+	KPI_BIN=$(CURDIR)/$(BIN) deploy/local.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
