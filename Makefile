@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test dev bench deploy-local clean
+.PHONY: install demo test dev serve bench deploy-local clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,12 +25,18 @@ dev: $(STAMP)
 	$(BIN)/python -c "from kpi_pipelines.cli import dagster_home; dagster_home()"
 	$(BIN)/dagster dev -w workspace.yaml
 
+# the collector, the KPI API and the dashboards on http://127.0.0.1:8000 (docs/api.md)
+serve: $(STAMP)
+	$(BIN)/kpi serve
+
 # the deployed shape on one machine: code server, webserver and daemon on PostgreSQL (docs/deployment.md)
 deploy-local: $(STAMP)
 	KPI_BIN=$(CURDIR)/$(BIN) deploy/local.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/api.py
+	$(BIN)/python -m kpi_pipelines.alerts.bench
 
 clean:
 	rm -rf $(VENV) data .dagster_home *.egg-info

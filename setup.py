@@ -8,7 +8,7 @@ setup(
     description="Dagster project measuring the AutoDescribe retrieval-augmented product system",
     packages=find_packages(exclude=["kpi_pipelines_tests*"]),
     include_package_data=True,
-    package_data={"kpi_pipelines": ["defaults/*", "alerts/*.yaml"]},
+    package_data={"kpi_pipelines": ["defaults/*", "alerts/*.yaml", "api/static/*"]},
     python_requires=">=3.10",
     install_requires=[
         "dagster==1.13.27",
@@ -29,6 +29,9 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "PyYAML>=6",
+        "fastapi>=0.115,<1",
+        "uvicorn[standard]>=0.30,<1",
+        "orjson>=3.9",
     ],
     extras_require={
         "dev": [
@@ -36,6 +39,9 @@ setup(
             "pytest-timeout>=2.3",
             "pytrec-eval-terrier>=0.5.6",
             "statsmodels>=0.14",
+            "httpx>=0.27",
+            "schemathesis>=4,<5",
+            "playwright>=1.45",
         ],
     },
     entry_points={"console_scripts": ["kpi=kpi_pipelines.cli:main"]},

@@ -331,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     from kpi_pipelines.alerts.cli import add_alert_commands
 
     add_alert_commands(sub)
+
+    from kpi_pipelines.api import add_serve_command
+
+    add_serve_command(sub)
     return parser
 
 

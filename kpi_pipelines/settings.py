@@ -31,6 +31,14 @@ DEFAULTS = {
     "KPI_SMTP_STARTTLS": "false",
     "KPI_ALERT_METRICS_RELATION": "kpi_metrics",
     "KPI_ALERT_EVALUATION_INTERVAL": "15m",
+    # the collector and KPI API, `kpi serve` (docs/api.md)
+    "KPI_API_KEYS": "",  # '' = every /api/kpi request is refused
+    "KPI_WEBHOOK_SECRET": "",  # '' = the business webhook is refused
+    "KPI_API_RATE_PER_SECOND": "50",
+    "KPI_API_RATE_BURST": "100",
+    "KPI_API_MAX_BODY_BYTES": str(16 * 1024 * 1024),
+    "KPI_API_SNAPSHOT_SECONDS": "5",
+    "KPI_API_WORKERS": "1",
 }
 
 

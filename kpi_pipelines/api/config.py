@@ -1,0 +1,61 @@
+"""The API's settings: the project's (`kpi_pipelines.settings`) plus the few only `kpi serve`
+reads. Read once, when the app is created."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kpi_pipelines.settings import Settings, setting
+
+MAX_EVENTS = 10_000  # events (lines) per POST, the contract's limit
+WEBHOOK_TOLERANCE_SECONDS = 300
+
+
+class ConfigError(ValueError):
+    """A setting with a value `kpi serve` cannot use."""
+
+
+def _number(name: str, kind: type = float, minimum: float = 0) -> float:
+    text = setting(name)
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={text!r} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    warehouse_url: str
+    warehouse_schema: str
+    pii_salt: str
+    landing_dir: str
+    api_keys: tuple[str, ...] = field(repr=False)
+    webhook_secret: str = field(repr=False, default="")
+    rate_per_second: float = 50.0
+    rate_burst: float = 100.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    snapshot_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> ApiSettings:
+        base = Settings.from_env()
+        keys = tuple(key.strip() for key in setting("KPI_API_KEYS").split(",") if key.strip())
+        return cls(
+            warehouse_url=base.warehouse_url,
+            warehouse_schema=base.warehouse_schema,
+            pii_salt=base.pii_salt,
+            landing_dir=base.landing_dir,
+            api_keys=keys,
+            webhook_secret=setting("KPI_WEBHOOK_SECRET"),
+            rate_per_second=_number("KPI_API_RATE_PER_SECOND", float, 0.001),
+            rate_burst=_number("KPI_API_RATE_BURST", float, 1),
+            max_body_bytes=int(_number("KPI_API_MAX_BODY_BYTES", int, 1024)),
+            snapshot_seconds=_number("KPI_API_SNAPSHOT_SECONDS", float, 0),
+        )
+
+
+def default_workers() -> int:
+    return int(_number("KPI_API_WORKERS", int, 1))
