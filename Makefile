@@ -39,4 +39,4 @@ bench: $(STAMP)
 	$(BIN)/python -m kpi_pipelines.alerts.bench
 
 clean:
-	rm -rf $(VENV) data .dagster_home *.egg-info
+	rm -rf $(VENV) data .dagster_home *.egg-info dbt_project/target dbt_project/logs

@@ -11,11 +11,13 @@ from kpi_pipelines import (
     experiments,
     ingestion,
     retrieval,
+    rollups,
     search_experience,
     system_performance,
 )
 from kpi_pipelines.ingestion.resources import EventIngestionResource
 from kpi_pipelines.jobs import daily_assets_job
+from kpi_pipelines.rollups import rollups_dbt_resource
 from kpi_pipelines.schedules import SchedulingResource, hourly_today, nightly_backfill
 from kpi_pipelines.settings import resource_value, setting
 from kpi_pipelines.warehouse import WarehouseResource, parse_warehouse_url
@@ -42,6 +44,7 @@ def build_definitions(
         system_performance.defs,
         anomalies.defs,
         alerts.defs,
+        rollups.defs,
         Definitions(
             jobs=[daily_assets_job],
             schedules=[hourly_today, nightly_backfill],
@@ -49,6 +52,7 @@ def build_definitions(
                 "warehouse": warehouse,
                 "ingestion": ingestion_resource,
                 "scheduling": scheduling or SchedulingResource(),
+                "dbt": rollups_dbt_resource(warehouse),
             },
             executor=executor,
         ),

@@ -29,7 +29,7 @@ DEFAULTS = {
     "KPI_SMTP_USER": "",
     "KPI_SMTP_PASSWORD": "",
     "KPI_SMTP_STARTTLS": "false",
-    "KPI_ALERT_METRICS_RELATION": "kpi_metrics",
+    "KPI_ALERT_METRICS_RELATION": "kpi_metrics_all",
     "KPI_ALERT_EVALUATION_INTERVAL": "15m",
     # the collector and KPI API, `kpi serve` (docs/api.md)
     "KPI_API_KEYS": "",  # '' = every /api/kpi request is refused

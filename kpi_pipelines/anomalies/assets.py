@@ -6,17 +6,10 @@ import sqlalchemy as sa
 from dagster import AssetExecutionContext, AssetKey, BackfillPolicy, MaterializeResult, MetadataValue, asset
 
 from kpi_pipelines.anomalies.detection import SENSITIVITY, TRAINING_DAYS, Anomaly, SeriesPoint, classify
+from kpi_pipelines.kpis import KPI_METRICS_PRODUCERS
 from kpi_pipelines.partitions import daily_partitions
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
 
-KPI_ASSETS = (
-    "data_quality_metrics",
-    "retrieval_metrics",
-    "search_experience_metrics",
-    "business_metrics",
-    "content_generation_metrics",
-    "system_performance_metrics",
-)
 
 TRAINING_SQL = f"""
 WITH daily AS (
@@ -91,7 +84,7 @@ def replace_anomalies(warehouse: Warehouse, start: dt.date, end: dt.date, anomal
 @asset(
     partitions_def=daily_partitions,
     backfill_policy=BackfillPolicy.single_run(),
-    deps=[AssetKey(name) for name in KPI_ASSETS],
+    deps=[AssetKey(name) for name in KPI_METRICS_PRODUCERS],
     group_name="anomalies",
     kinds={"python", "sql"},
     description=(

@@ -224,6 +224,23 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox (next_attempt_at)""",
         ],
     ),
+    (
+        5,
+        "kpi_metrics_all: the daily KPIs until dbt first builds the view with every rollup",
+        [
+            # dbt's model kpi_metrics_all (dbt_project/models/marts) replaces this view with
+            # the union of the daily KPIs and every rollup; same columns, so readers (the API,
+            # the alerts) work before the first dbt build.
+            """CREATE OR REPLACE VIEW kpi_metrics_all AS
+            SELECT CAST(metric_name AS VARCHAR) AS metric_name,
+                   CAST(metric_value AS DOUBLE PRECISION) AS metric_value,
+                   CAST(dimensions AS VARCHAR) AS dimensions,
+                   CAST("timestamp" AS TIMESTAMP) AS "timestamp",
+                   CAST(aggregation_level AS VARCHAR) AS aggregation_level,
+                   CAST(source_asset AS VARCHAR) AS source_asset
+            FROM kpi_metrics""",
+        ],
+    ),
 ]
 
 

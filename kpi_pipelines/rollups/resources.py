@@ -1,0 +1,176 @@
+"""The dbt resource: dagster-dbt's `DbtCliResource`, configured from the warehouse settings.
+
+`dbt_project/profiles.yml` has one profile with two targets, `duckdb` and `postgres`, read
+from `DBT_*` environment variables. Nobody sets those by hand: `dbt_env` derives them from
+`KPI_WAREHOUSE_URL` / `KPI_WAREHOUSE_SCHEMA` (the target from the URL's scheme, a DuckDB
+path made absolute, PostgreSQL host, port, user, password, database and sslmode), and
+`RollupsDbtResource.cli` hands them to the dbt subprocess.
+
+DuckDB takes one process at a time on a database file, and dagster-dbt runs dbt as a
+subprocess: a DuckDB connection this process keeps open (the warehouse's connection pool,
+kept by the Python KPI assets that ran before in the same run) makes dbt fail with "Could
+not set lock on file". So before starting dbt on DuckDB, `cli` closes every pooled
+connection of this process to that file (`Warehouse.dispose`); the Python assets reopen
+the pool on their next query.
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib.metadata
+import os
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from dagster import EnvVar
+from dagster_dbt import DbtCliResource
+from packaging import version
+from pydantic import Field
+
+from kpi_pipelines.rollups.project import dbt_executable, dbt_project
+from kpi_pipelines.warehouse import (
+    DEFAULT_WAREHOUSE_URL,
+    Warehouse,
+    WarehouseError,
+    WarehouseResource,
+    parse_warehouse_url,
+)
+
+DBT_ENV_NAMES = (
+    "DBT_TARGET",
+    "DBT_SCHEMA",
+    "DBT_DUCKDB_PATH",
+    "DBT_PG_HOST",
+    "DBT_PG_PORT",
+    "DBT_PG_USER",
+    "DBT_PG_PASSWORD",
+    "DBT_PG_DBNAME",
+    "DBT_PG_SSLMODE",
+)
+
+
+def dbt_env(url: str, schema: str | None = None) -> dict[str, str]:
+    """The DBT_* variables `dbt_project/profiles.yml` reads, for a warehouse URL and schema."""
+    parsed = parse_warehouse_url(url)
+    if parsed.get_backend_name() == "duckdb":
+        database = parsed.database
+        if not database or database == ":memory:":
+            raise WarehouseError(
+                "KPI_WAREHOUSE_URL: dbt needs a DuckDB file (duckdb:///path.duckdb); an in-memory "
+                "database is private to one process"
+            )
+        return {
+            "DBT_TARGET": "duckdb",
+            # relative to the working directory, as the Python side opens it; dbt runs in dbt_project/
+            "DBT_DUCKDB_PATH": str(Path(database).expanduser().absolute()),
+            "DBT_SCHEMA": schema or "main",
+        }
+    query = {key: (value[0] if isinstance(value, tuple) else value) for key, value in parsed.query.items()}
+    user = parsed.username or os.environ.get("PGUSER") or getpass.getuser()
+    return {
+        "DBT_TARGET": "postgres",
+        "DBT_PG_HOST": parsed.host or query.get("host") or os.environ.get("PGHOST") or "localhost",
+        "DBT_PG_PORT": str(parsed.port or query.get("port") or os.environ.get("PGPORT") or 5432),
+        "DBT_PG_USER": user,
+        "DBT_PG_PASSWORD": parsed.password or os.environ.get("PGPASSWORD") or "",
+        "DBT_PG_DBNAME": parsed.database or os.environ.get("PGDATABASE") or user,
+        "DBT_PG_SSLMODE": query.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer",
+        "DBT_SCHEMA": schema or "public",
+    }
+
+
+def release_duckdb_file(url: str) -> int:
+    """Close this process's pooled connections to the DuckDB file of `url`, whatever schema
+    they were opened with, so another process (dbt) can take the file's lock. Returns how
+    many connection pools were closed; a no-op for PostgreSQL."""
+    parsed = parse_warehouse_url(url)
+    if parsed.get_backend_name() != "duckdb" or not parsed.database:
+        return 0
+    target = Path(parsed.database).expanduser().absolute()
+    closed = 0
+    for engine_url, schema in list(Warehouse._engines):  # the process-wide pool cache
+        other = parse_warehouse_url(engine_url)
+        if other.get_backend_name() == "duckdb" and other.database and Path(other.database).expanduser().absolute() == target:
+            Warehouse(engine_url, schema).dispose()
+            closed += 1
+    return closed
+
+
+_environ_lock = threading.Lock()
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` in os.environ while dagster-dbt builds the subprocess' environment (it copies
+    os.environ and takes no extra variables), then the previous values back."""
+    with _environ_lock:
+        saved = {name: os.environ.get(name) for name in values}
+        os.environ.update(values)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+class RollupsDbtResource(DbtCliResource):
+    """dbt for the rollups: the project in `dbt_project/`, the `dbt` beside this Python, the
+    profile's target and connection derived from the warehouse URL and schema."""
+
+    warehouse_url: str = Field(default=DEFAULT_WAREHOUSE_URL, description="KPI_WAREHOUSE_URL: SQLAlchemy URL of the warehouse")
+    warehouse_schema: str = Field(default="", description="KPI_WAREHOUSE_SCHEMA: schema of the tables and models; '' = default")
+
+    def get_dbt_env(self) -> dict[str, str]:
+        return dbt_env(self.warehouse_url, self.warehouse_schema or None)
+
+    def cli(self, args: Sequence[str], **kwargs: Any):  # type: ignore[override]
+        """`DbtCliResource.cli` with the warehouse's DBT_* variables, after releasing this
+        process's DuckDB file lock (see the module docstring)."""
+        env = self.get_dbt_env()
+        release_duckdb_file(self.warehouse_url)
+        with _environment(env):
+            return super().cli(args, **kwargs)
+
+    # Two costs of every DbtCliResource.cli call that this project does not need (about 4 s
+    # of each dbt step; measured in docs/rollups.md):
+    #
+    # - dagster-dbt runs `dbt --version` once per resource instance (so once per run) to
+    #   tell dbt Core from dbt Fusion. The dbt here is the one beside sys.executable, so its
+    #   version is the dbt-core installed in this interpreter.
+    # - it builds a dbt adapter inside the run process, used only by `fetch_row_counts()` /
+    #   `fetch_column_metadata()`, which the rollups do not call: those would query the
+    #   warehouse from this process, and on DuckDB hold the file dbt writes.
+    @cached_property
+    def _cli_version(self) -> version.Version:
+        scripts = {os.path.dirname(os.path.abspath(sys.executable))}
+        if os.path.dirname(os.path.abspath(self.dbt_executable)) in scripts:
+            return version.parse(importlib.metadata.version("dbt-core"))
+        return super()._cli_version
+
+    def _initialize_dbt_core_adapter(self, args: Sequence[str]) -> Any:
+        return None
+
+
+def rollups_dbt_resource(warehouse: WarehouseResource | None = None, **overrides: Any) -> RollupsDbtResource:
+    """The dbt resource for `warehouse` (the same URL and schema, `EnvVar`s kept as they are
+    so the UI shows where they come from); from the environment when `warehouse` is None."""
+    if warehouse is None:
+        url: Any = EnvVar("KPI_WAREHOUSE_URL") if os.environ.get("KPI_WAREHOUSE_URL", "").strip() else DEFAULT_WAREHOUSE_URL
+        schema: Any = EnvVar("KPI_WAREHOUSE_SCHEMA") if os.environ.get("KPI_WAREHOUSE_SCHEMA", "").strip() else ""
+    else:
+        url, schema = warehouse.url, warehouse.schema_name
+    return RollupsDbtResource(
+        project_dir=dbt_project,
+        dbt_executable=dbt_executable(),
+        warehouse_url=url,
+        warehouse_schema=schema,
+        **overrides,
+    )
