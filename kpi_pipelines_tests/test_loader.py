@@ -237,3 +237,12 @@ def test_line_numbers_follow_the_file_on_a_large_file(duckdb_warehouse, tmp_path
     rows = duckdb_warehouse.query("SELECT line_no, raw_text FROM rejected_events")
     assert {line for line, _ in rows} == expected
     assert all(text == f"bad line {line - 1}" for line, text in rows)
+
+
+def test_a_nul_character_is_rejected_on_both_backends(warehouse, write_events):
+    """PostgreSQL cannot store U+0000 in text or JSONB; DuckDB rejects it the same way."""
+    line = json.dumps(event("nul", action="query", query_id="q", query="a\u0000b", result_ids=[], response_time_ms=1))
+    assert "\\u0000" in line
+    result = EventLoader(warehouse, SALT).load_file(write_events([line, event("ok")]))
+    assert (result.accepted, result.rejected) == (1, 1)
+    assert rejected(warehouse) == {1: "a string holds the NUL character U+0000, which cannot be stored"}

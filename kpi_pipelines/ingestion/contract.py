@@ -16,6 +16,8 @@ INTEGER_TYPES = "('BIGINT', 'UBIGINT')"
 
 # ISO-8601 date and time with a zone designator (Z or an offset); DuckDB's cast then
 # rejects impossible dates such as February 30.
+# PostgreSQL text and JSONB cannot hold U+0000: such a line is rejected on both backends alike.
+NUL_ESCAPE = "'\\u0000'"
 TIMESTAMP_TEXT = "ISO-8601 date and time with a zone (`Z`, `+05:30`, `-0800`, `+02`), stored in UTC"
 ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}(:?\d{2})?)$"
 
@@ -219,7 +221,8 @@ class ValidationSQL:
         type_branches = " ".join(f"WHEN {_json_string(t)} THEN {check}" for t, check in by_type.items())
         experiment = f"(NOT coalesce({self._applies('*experiment', None)}, false) OR {self._all(EXPERIMENT)})"
         return (
-            f"root = 'OBJECT' AND event_time IS NOT NULL AND {self._all(ENVELOPE)} AND {experiment} "
+            f"root = 'OBJECT' AND NOT contains(line, {NUL_ESCAPE}) AND event_time IS NOT NULL "
+            f"AND {self._all(ENVELOPE)} AND {experiment} "
             f"AND CASE {self.fragment('type')} {type_branches} ELSE false END"
         )
 
@@ -251,6 +254,7 @@ class ValidationSQL:
             "CASE WHEN line IS NULL OR trim(line) = '' THEN 'empty line' "
             "WHEN root IS NULL THEN 'invalid JSON: the line does not parse' "
             "WHEN root <> 'OBJECT' THEN 'not a JSON object: each line must be one event object' "
+            f"WHEN contains(line, {NUL_ESCAPE}) THEN 'a string holds the NUL character U+0000, which cannot be stored' "
             "ELSE concat_ws('; ', " + ",\n".join(parts) + ") END"
         )
 
