@@ -51,11 +51,11 @@ def test_raw_events_check(warehouse, write_events):
     bad = raw_events_check(warehouse, DAY, NEXT)
     assert not bad.passed
     assert meta(bad, "expect_column_values_to_be_in_set(event_type) unexpected_count") == 1
-    assert meta(bad, "expect_column_values_to_be_between(event_time) unexpected_count") == 1
+    assert meta(bad, "expect_column_values_to_be_between(event_time_us) unexpected_count") == 1
     assert meta(bad, "expect_column_values_to_be_in_set(event_type) unexpected_percent") == 25.0  # 1 of 4
     assert set(meta(bad, "failed_expectations")) == {
         "expect_column_values_to_be_in_set(event_type)",
-        "expect_column_values_to_be_between(event_time)",
+        "expect_column_values_to_be_between(event_time_us)",
     }
 
 

@@ -11,7 +11,7 @@ import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import sqlalchemy as sa
 from dagster import ConfigurableResource
@@ -19,10 +19,15 @@ from pydantic import Field
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from kpi_pipelines.warehouse.dialect import Dialect
+
+if TYPE_CHECKING:
+    import pandas as pd
 from kpi_pipelines.warehouse.schema import migrate
 
 DEFAULT_WAREHOUSE_URL = "duckdb:///data/kpi.duckdb"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# ":name" parameters (not "::" casts), spelled "$name" for DuckDB's own API
+_NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
 class WarehouseError(Exception):
@@ -148,6 +153,17 @@ class Warehouse:
     def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
         with self.engine.connect() as connection:
             return connection.execute(sa.text(sql), dict(params or {})).scalar()
+
+    def frame(self, sql: str, params: Mapping[str, Any] | None = None) -> "pd.DataFrame":
+        """A query's rows as a dataframe, fetched column-wise by DuckDB (no Python row
+        objects); through pandas on PostgreSQL. For checks that need the rows themselves."""
+        import pandas as pd
+
+        with self.engine.connect() as connection:
+            if self.dialect == "duckdb":
+                raw = connection.connection.driver_connection
+                return raw.execute(_NAMED_PARAMETER.sub(r"$\1", sql), dict(params or {})).df()
+            return pd.read_sql_query(sa.text(sql), connection, params=dict(params or {}))
 
     def dispose(self) -> None:
         """Close pooled connections (releases DuckDB's file lock held by this process)."""
