@@ -1,6 +1,6 @@
 """Collector throughput: sustained POST /api/kpi/events over loopback.
 
-  python bench/api.py [--seconds 20] [--batch 1000] [--clients 4] [--workers 2] [--postgres URL]
+  python bench/api.py [--seconds 20] [--batch 1000] [--clients 4] [--workers 1] [--postgres URL]
 
 1. generates synthetic AutoDescribe traffic and builds request bodies of `--batch` events
    (JSON lists), every event id unique (so acknowledged == stored is checkable);
@@ -153,7 +153,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--postgres", default=None, help="PostgreSQL URL (a fresh schema is used and dropped)")
     parser.add_argument("--max-events", type=int, default=1_200_000, help="bodies prepared (events)")
     args = parser.parse_args()
