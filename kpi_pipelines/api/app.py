@@ -88,15 +88,7 @@ KPI_ENDPOINTS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "retrieval/precision-recall": (
         "Retrieval quality over judged queries: precision, recall, MRR, nDCG",
-        (
-            "retrieval.precision_at_5",
-            "retrieval.precision_at_10",
-            "retrieval.recall_at_5",
-            "retrieval.recall_at_10",
-            "retrieval.mrr",
-            "retrieval.ndcg_at_10",
-            "retrieval.judged_queries",
-        ),
+        ("retrieval.*",),
     ),
     "search/success-rate": (
         "Search success, click-through and no-results rates, and query volume",
