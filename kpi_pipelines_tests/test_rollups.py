@@ -31,13 +31,13 @@ from kpi_pipelines.rollups import (
     KPI_METRICS_PRODUCERS,
     dbt_env,
     prepare_manifest,
-    release_duckdb_file,
     rollups_dbt_resource,
     window_vars,
 )
 from kpi_pipelines.rollups.project import DBT_PROJECT_DIR, manifest_is_stale
 from kpi_pipelines.synthetic import generate
-from kpi_pipelines.warehouse import Warehouse, WarehouseResource
+
+from kpi_pipelines.warehouse import Warehouse, WarehouseResource, release_duckdb_file
 from kpi_pipelines_tests.conftest import (
     SALT,
     definitions_for,

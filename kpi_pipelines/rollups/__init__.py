@@ -18,7 +18,6 @@ from kpi_pipelines.rollups.project import (
 from kpi_pipelines.rollups.resources import (
     RollupsDbtResource,
     dbt_env,
-    release_duckdb_file,
     rollups_dbt_resource,
 )
 from kpi_pipelines.rollups.translator import (
@@ -40,7 +39,6 @@ __all__ = [
     "dbt_project",
     "defs",
     "prepare_manifest",
-    "release_duckdb_file",
     "rollup_models",
     "rollup_views",
     "rollups_dbt_resource",

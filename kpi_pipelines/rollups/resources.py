@@ -35,10 +35,10 @@ from pydantic import Field
 from kpi_pipelines.rollups.project import dbt_executable, dbt_project
 from kpi_pipelines.warehouse import (
     DEFAULT_WAREHOUSE_URL,
-    Warehouse,
     WarehouseError,
     WarehouseResource,
     parse_warehouse_url,
+    release_duckdb_file,
 )
 
 DBT_ENV_NAMES = (
@@ -82,23 +82,6 @@ def dbt_env(url: str, schema: str | None = None) -> dict[str, str]:
         "DBT_PG_SSLMODE": query.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer",
         "DBT_SCHEMA": schema or "public",
     }
-
-
-def release_duckdb_file(url: str) -> int:
-    """Close this process's pooled connections to the DuckDB file of `url`, whatever schema
-    they were opened with, so another process (dbt) can take the file's lock. Returns how
-    many connection pools were closed; a no-op for PostgreSQL."""
-    parsed = parse_warehouse_url(url)
-    if parsed.get_backend_name() != "duckdb" or not parsed.database:
-        return 0
-    target = Path(parsed.database).expanduser().absolute()
-    closed = 0
-    for engine_url, schema in list(Warehouse._engines):  # the process-wide pool cache
-        other = parse_warehouse_url(engine_url)
-        if other.get_backend_name() == "duckdb" and other.database and Path(other.database).expanduser().absolute() == target:
-            Warehouse(engine_url, schema).dispose()
-            closed += 1
-    return closed
 
 
 _environ_lock = threading.Lock()

@@ -174,6 +174,23 @@ class Warehouse:
             engine.dispose()
 
 
+def release_duckdb_file(url: str) -> int:
+    """Close this process's pooled connections to the DuckDB file of `url`, whatever schema
+    they were opened with, so another process (dbt) can take the file's lock. Returns how
+    many connection pools were closed; a no-op for PostgreSQL."""
+    parsed = parse_warehouse_url(url)
+    if parsed.get_backend_name() != "duckdb" or not parsed.database:
+        return 0
+    target = Path(parsed.database).expanduser().absolute()
+    closed = 0
+    for engine_url, schema in list(Warehouse._engines):
+        other = parse_warehouse_url(engine_url)
+        if other.get_backend_name() == "duckdb" and other.database and Path(other.database).expanduser().absolute() == target:
+            Warehouse(engine_url, schema).dispose()
+            closed += 1
+    return closed
+
+
 class WarehouseResource(ConfigurableResource):
     """The project's warehouse, configured from `KPI_WAREHOUSE_URL` and `KPI_WAREHOUSE_SCHEMA`."""
 
