@@ -246,3 +246,11 @@ def test_a_nul_character_is_rejected_on_both_backends(warehouse, write_events):
     result = EventLoader(warehouse, SALT).load_file(write_events([line, event("ok")]))
     assert (result.accepted, result.rejected) == (1, 1)
     assert rejected(warehouse) == {1: "a string holds the NUL character U+0000, which cannot be stored"}
+
+
+def test_a_rejected_line_with_an_escaped_nul_in_its_id_is_kept(warehouse, write_events):
+    line = json.dumps({**event("x"), "id": "a\u0000b", "type": "unknown"})
+    result = EventLoader(warehouse, SALT).load_file(write_events([line]))
+    assert result.rejected == 1
+    event_id, raw_text = warehouse.query("SELECT event_id, raw_text FROM rejected_events")[0]
+    assert event_id is None and "\\u0000" in raw_text

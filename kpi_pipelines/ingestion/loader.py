@@ -91,7 +91,9 @@ def stage_sql(lines: str, salt: str) -> str:
         FROM enveloped
     )
     SELECT line_no, reason,
-           {sql.value('id')} AS event_id,
+           -- a rejected line keeps its id only when written without escapes: an unescaped
+           -- U+0000 or lone surrogate cannot be stored as text by PostgreSQL
+           CASE WHEN reason IS NULL OR NOT contains({sql.fragment('id')}, chr(92)) THEN {sql.value('id')} END AS event_id,
            {sql.value('type')} AS event_type,
            {sql.value('metadata.action')} AS action,
            event_time,
