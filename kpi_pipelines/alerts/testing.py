@@ -42,15 +42,46 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-class FakeHTTPServer:
+class _BackgroundServer:
+    """A socketserver answering on a daemon thread; `stop()` closes it, so connections are
+    refused until `start()` again."""
+
+    _server: socketserver.BaseServer | None = None
+    _thread: threading.Thread | None = None
+
+    def start(self) -> "_BackgroundServer":
+        raise NotImplementedError
+
+    def _serve(self, server: socketserver.BaseServer) -> None:
+        server.daemon_threads = True  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening: connections are refused until `start()`."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class FakeHTTPServer(_BackgroundServer):
     """A thread running http.server on 127.0.0.1 that answers like Slack's Web API."""
 
     def __init__(self, port: int | None = None):
         self.port = port or _free_port()
         self.requests: list[Recorded] = []
         self.script: deque[tuple[int, dict[str, str], dict[str, Any]]] = deque()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._ts = 0
 
@@ -107,27 +138,8 @@ class FakeHTTPServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._serve(ThreadingHTTPServer(("127.0.0.1", self.port), Handler))
         return self
-
-    def stop(self) -> None:
-        """Stop listening: connections are refused until `start()`."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeHTTPServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- what was received ----------------------------------------------------------------
     def posts(self, method: str = "chat.postMessage") -> list[Recorded]:
@@ -145,7 +157,7 @@ class _ReusableTCPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
 
 
-class FakeSMTPServer:
+class FakeSMTPServer(_BackgroundServer):
     """A minimal SMTP server on 127.0.0.1 that records each message (`messages`, parsed)."""
 
     def __init__(self, port: int | None = None):
@@ -153,8 +165,6 @@ class FakeSMTPServer:
         self.messages: list[email.message.EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.refuse = 0  # answer 451 to the next N MAIL FROM commands
-        self._server: socketserver.ThreadingTCPServer | None = None
-        self._thread: threading.Thread | None = None
 
     def start(self) -> FakeSMTPServer:
         owner = self
@@ -208,23 +218,5 @@ class FakeSMTPServer:
                     else:
                         self.reply("502 not implemented")
 
-        self._server = _ReusableTCPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._serve(_ReusableTCPServer(("127.0.0.1", self.port), Handler))
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeSMTPServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
