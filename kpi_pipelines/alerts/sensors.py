@@ -145,6 +145,18 @@ def _failure_reason(entry: Any) -> str:
     return _first_line(getattr(event, "message", None) or entry.user_message)
 
 
+def _deliver_then_advance(
+    context: SensorEvaluationContext, settings: Any, events: list[dict[str, Any]], cursor: dict[str, int], noun: str
+) -> SkipReason:
+    """Post the events; move the cursor past them only once delivered (else retried next tick)."""
+    try:
+        deliver_dagster_events(settings, events)
+    except DeliveryError as error:
+        return SkipReason(f"{len(events)} {noun} not delivered, tried again next tick: {error}")
+    context.update_cursor(json.dumps(cursor))
+    return SkipReason(f"posted {len(events)} {noun}")
+
+
 @sensor(
     minimum_interval_seconds=MINIMUM_INTERVAL_SECONDS,
     default_status=DefaultSensorStatus.RUNNING,
@@ -176,12 +188,8 @@ def run_failure_alert_sensor(context: SensorEvaluationContext, alerting: Alertin
         }
         for record in records
     ]
-    try:
-        deliver_dagster_events(settings, events)
-    except DeliveryError as error:
-        return SkipReason(f"{len(events)} run failure(s) not delivered, tried again next tick: {error}")
-    context.update_cursor(json.dumps({"storage_id": max(record.storage_id for record in records)}))
-    return SkipReason(f"posted {len(events)} run failure(s)")
+    last = max(record.storage_id for record in records)
+    return _deliver_then_advance(context, settings, events, {"storage_id": last}, "run failure(s)")
 
 
 @sensor(
@@ -224,9 +232,5 @@ def failed_asset_check_sensor(context: SensorEvaluationContext, alerting: Alerti
                 "url": f"{base}/assets/{'/'.join(record.key.asset_key.path)}?view=checks",
             }
         )
-    try:
-        deliver_dagster_events(settings, events)
-    except DeliveryError as error:
-        return SkipReason(f"{len(events)} failed check(s) not delivered, tried again next tick: {error}")
-    context.update_cursor(json.dumps({"id": max(record.id for record in failed)}))
-    return SkipReason(f"posted {len(events)} failed asset check(s)")
+    last = max(record.id for record in failed)
+    return _deliver_then_advance(context, settings, events, {"id": last}, "failed asset check(s)")
