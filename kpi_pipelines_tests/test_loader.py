@@ -194,6 +194,18 @@ def test_no_raw_user_id_email_or_phone_reaches_any_table(warehouse, write_events
     assert query["note"] == "call me on [phone] or [phone]"
 
 
+def test_each_event_gets_the_pseudonym_of_its_own_user(warehouse, write_events):
+    """The keyed hash is computed once per distinct user and joined back to every event."""
+    users = ["u-a", 'u-"quoted"', "u-é", None]
+    lines = [event(f"k{i}", user_id=users[i % len(users)]) for i in range(40)]
+    EventLoader(warehouse, SALT).load_file(write_events(lines))
+    keys = dict(warehouse.query("SELECT event_id, user_key FROM raw_events"))
+    assert keys == {
+        f"k{i}": None if users[i % len(users)] is None else pseudonymize(users[i % len(users)], SALT)
+        for i in range(40)
+    }
+
+
 def test_pseudonyms_depend_on_the_salt(warehouse, write_events):
     assert pseudonymize("u", "a") != pseudonymize("u", "b")
     EventLoader(warehouse, "other-salt").load_file(write_events([event("s", user_id="u")]))
@@ -225,16 +237,17 @@ def test_missing_file(warehouse, tmp_path):
         EventLoader(warehouse, SALT).load_file(tmp_path / "absent.jsonl")
 
 
-def test_line_numbers_follow_the_file_on_a_large_file(duckdb_warehouse, tmp_path):
-    """Numbering survives DuckDB's parallel reader: bad lines spread through 200k lines."""
+def test_line_numbers_follow_the_file_on_a_large_file(warehouse, tmp_path):
+    """Numbering survives DuckDB's parallel reader, inside the warehouse's transaction
+    (DuckDB) and in the staging database (PostgreSQL): bad lines spread through 200k lines."""
     path = tmp_path / "big.jsonl"
     with path.open("w") as handle:
         for i in range(200_000):
             handle.write(f"bad line {i}\n" if i % 9973 == 0 else json.dumps(event(f"e{i}")) + "\n")
-    result = EventLoader(duckdb_warehouse, SALT).load_file(path)
+    result = EventLoader(warehouse, SALT).load_file(path)
     expected = {i + 1 for i in range(0, 200_000, 9973)}
     assert result.rejected == len(expected)
-    rows = duckdb_warehouse.query("SELECT line_no, raw_text FROM rejected_events")
+    rows = warehouse.query("SELECT line_no, raw_text FROM rejected_events")
     assert {line for line, _ in rows} == expected
     assert all(text == f"bad line {line - 1}" for line, text in rows)
 

@@ -327,7 +327,7 @@ class BatchValidator:
         db.executemany(  # empty requests have no line (and would tie with the next one's first line)
             "INSERT INTO kpi_requests VALUES (?, ?)", [[i, first] for i, first in enumerate(firsts) if requests[i]]
         )
-        # Per request as the loader counts per file (`_first_of_each_id`): a valid line is
+        # Per request as the loader counts per file (`_accepted_events`): a valid line is
         # accepted when it is the first valid line of its id, a duplicate otherwise.
         rows = db.execute(
             f"""

@@ -153,7 +153,7 @@ class ValidationSQL:
     def value(self, field: str) -> str:
         """The text of a string member (JSON unescaped)."""
         f = self.fragment(field)
-        return f"CASE WHEN left({f}, 1) <> '\"' THEN NULL WHEN contains({f}, '\\') THEN json_extract_string({f}, '$') ELSE {f}[2:-2] END"
+        return f"CASE WHEN left({f}, 1) = '\"' THEN json_extract_string({f}, '$') END"
 
     def _check(self, rule: Rule) -> tuple[str, str]:
         """(SQL condition that holds when the present fragment is valid, expectation text)."""
@@ -168,7 +168,8 @@ class ValidationSQL:
             bounds += f" AND {number} <= {rule.maximum}"
             bound_text = f" between {rule.minimum:g} and {rule.maximum:g}"
         if rule.kind == "text":
-            return f"left({f}, 1) = '\"' AND trim({f}[2:-2]) <> ''", "a non-empty string"
+            # blank: only spaces between the quotes (as DuckDB's trim), tested on the fragment
+            return f"left({f}, 1) = '\"' AND NOT regexp_full_match({f}, '\" *\"')", "a non-empty string"
         if rule.kind == "string":
             return f"left({f}, 1) = '\"'", "a string"
         if rule.kind == "number":
@@ -247,7 +248,7 @@ class ValidationSQL:
         parts = [self._reason(rule, self._applies(t, a)) for rule, t, a in _gated_rules()]
         ts = self.fragment("timestamp")
         parts.append(
-            f"CASE WHEN left({ts}, 1) = '\"' AND trim({ts}[2:-2]) <> '' AND event_time IS NULL THEN "
+            f"CASE WHEN {self._check(Rule('timestamp', 'text'))[0]} AND event_time IS NULL THEN "
             f"'timestamp: expected ISO-8601 with a time zone (e.g. 2026-01-31T23:59:00+02:00), got ' || left({ts}, 62) END"
         )
         return (

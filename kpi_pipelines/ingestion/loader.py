@@ -59,10 +59,11 @@ def file_key(path: Path) -> str:
 
 
 def lines_sql(path: str) -> str:
-    """The file's lines with their 1-based numbers. Numbering needs one ordered pass, so it
-    is materialized before the parallel validation reads it."""
+    """The file's lines, in file order. Materialized into a new table by a connection that
+    preserves insertion order (every caller sets `preserve_insertion_order`), the rowids
+    follow the file, so numbering costs no ordered pass of its own (`stage_sql`)."""
     return f"""
-        SELECT row_number() OVER () AS line_no, line
+        SELECT line
         FROM read_csv({_sql_string(path)}, columns = {{'line': 'VARCHAR'}}, delim = chr(0), quote = '',
                       escape = '', header = false, auto_detect = false, compression = 'auto',
                       max_line_size = {MAX_LINE_BYTES})"""
@@ -70,14 +71,20 @@ def lines_sql(path: str) -> str:
 
 def stage_sql(lines: str, salt: str) -> str:
     """SELECT over the table `lines` producing one row per line: line_no, reason (NULL when
-    valid), the event's columns, and the redacted raw text of rejected lines."""
+    valid), the event's columns (the user id still raw: `_accepted_events` replaces it by its
+    keyed hash; the stage never leaves the loading connection), and the redacted raw text of
+    rejected lines."""
     sql = ValidationSQL()
     return f"""
     WITH
     parsed AS (
         SELECT line_no, line, root,
                CASE WHEN root = 'OBJECT' THEN from_json(line, {sql.envelope_struct}) END AS e
-        FROM (SELECT *, CASE WHEN json_valid(line) THEN json_type(line) END AS root FROM {lines})
+        -- a valid line starting with a brace is an object: json_type (another parse) only for the rest
+        FROM (SELECT *, CASE WHEN NOT json_valid(line) THEN NULL WHEN left(line, 1) = '{{' THEN 'OBJECT'
+                             ELSE json_type(line) END AS root
+              -- rowids of rows not yet committed start at a large offset, not at 0
+              FROM (SELECT rowid - (SELECT min(rowid) FROM {lines}) + 1 AS line_no, line FROM {lines}))
     ),
     enveloped AS (
         SELECT *,
@@ -99,7 +106,7 @@ def stage_sql(lines: str, salt: str) -> str:
            event_time,
            CAST(event_time AS DATE) AS event_date,
            {sql.value('session_id')} AS session_id,
-           {hmac_sql(sql.value('user_id'), salt)} AS user_key,
+           {sql.value('user_id')} AS user_id,
            {sql.value('source')} AS source,
            {mask_sql('CAST(e.metadata AS VARCHAR)')} AS metadata,
            CASE WHEN reason IS NOT NULL THEN {redact_line_sql("coalesce(line, '')", salt)} END AS raw_text
@@ -145,7 +152,7 @@ class EventLoader:
                     f"""INSERT INTO raw_events ({EVENT_COLUMNS})
                     SELECT event_id, event_type, action, event_time, event_date, session_id, user_key,
                            source, metadata, ?, ?
-                    FROM ({_first_of_each_id('kpi_stage')}) s
+                    FROM ({_accepted_events('kpi_stage', self.salt)}) s
                     WHERE NOT EXISTS (SELECT 1 FROM raw_events r WHERE r.event_id = s.event_id)""",
                     [source, now],
                 ).fetchone()[0]
@@ -181,7 +188,7 @@ class EventLoader:
                 stage.execute(
                     f"""COPY (SELECT event_id, event_type, action, event_time, event_date, session_id,
                                      user_key, source, metadata, {_sql_string(source)}, TIMESTAMP '{now}'
-                              FROM ({_first_of_each_id('kpi_stage')}) s)
+                              FROM ({_accepted_events('kpi_stage', self.salt)}) s)
                         TO '{events_csv}' (FORMAT csv, HEADER false)"""
                 )
                 stage.execute(
@@ -230,12 +237,20 @@ class EventLoader:
         )
 
 
-def _first_of_each_id(stage: str) -> str:
-    """Valid staged events, the first line of each id only (dedup inside one file)."""
-    return (
-        f"SELECT * FROM {stage} WHERE reason IS NULL "
-        "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY line_no) = 1"
-    )
+def _accepted_events(stage: str, salt: str) -> str:
+    """Valid staged events, the first line of each id only (dedup inside one file), with the
+    user id replaced by its keyed hash, computed once per distinct user."""
+    return f"""
+        WITH firsts AS (
+            SELECT * FROM {stage} WHERE reason IS NULL
+            QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY line_no) = 1
+        ),
+        users AS (
+            SELECT user_id, {hmac_sql('user_id', salt)} AS user_key
+            FROM (SELECT DISTINCT user_id FROM {stage} WHERE reason IS NULL AND user_id IS NOT NULL)
+        )
+        SELECT firsts.* EXCLUDE (user_id), users.user_key
+        FROM firsts LEFT JOIN users USING (user_id)"""
 
 
 def _copy_insert(cursor: Any, table: str, columns: str, csv_path: Path, key: str) -> int:
