@@ -145,6 +145,9 @@ def run_clients(port: int, bodies: list[bytes], clients: int, seconds: float) ->
             "mean": round(statistics.mean(latencies) * 1000, 1),
         },
         "server_timing_mean_ms": {name: round(statistics.mean(values), 1) for name, values in timing.items()},
+        "server_timing_p99_ms": {
+            name: round(sorted(values)[min(len(values) - 1, int(0.99 * len(values)))], 1) for name, values in timing.items()
+        },
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gc
 import io
 import json
 import re
@@ -471,6 +472,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # The start-up objects (FastAPI, pydantic, DuckDB, SQLAlchemy) never die: keep them
+        # out of the cyclic collector, whose full passes over them stalled requests by ~100 ms.
+        gc.freeze()
         yield
         state.close()
 

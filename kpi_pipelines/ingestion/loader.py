@@ -89,13 +89,15 @@ def stage_sql(lines: str, salt: str) -> str:
     enveloped AS (
         SELECT *,
                CASE WHEN left(CAST(e.metadata AS VARCHAR), 1) = '{{'
-                    THEN from_json(e.metadata, {sql.metadata_struct}) END AS m,
-               {sql.event_time()} AS event_time
+                    THEN from_json(e.metadata, {sql.metadata_struct}) END AS m
         FROM parsed
+    ),
+    fragments AS (
+        SELECT line_no, line, root, {sql.fragment_columns()} FROM enveloped
     ),
     checked AS (
         SELECT *, CASE WHEN coalesce({sql.valid()}, false) THEN NULL ELSE {sql.reason()} END AS reason
-        FROM enveloped
+        FROM (SELECT *, {sql.event_time()} AS event_time FROM fragments)
     )
     SELECT line_no, reason,
            -- a rejected line keeps its id only when written without escapes: an unescaped
@@ -108,7 +110,7 @@ def stage_sql(lines: str, salt: str) -> str:
            {sql.value('session_id')} AS session_id,
            {sql.value('user_id')} AS user_id,
            {sql.value('source')} AS source,
-           {mask_sql('CAST(e.metadata AS VARCHAR)')} AS metadata,
+           {mask_sql(sql.fragment('metadata'))} AS metadata,
            CASE WHEN reason IS NOT NULL THEN {redact_line_sql("coalesce(line, '')", salt)} END AS raw_text
     FROM checked
     """
