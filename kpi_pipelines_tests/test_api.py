@@ -362,7 +362,7 @@ def test_metrics_filters_series_and_exports(warehouse, start_server):
     with server.client() as client:
         params = {"start": "2026-01-10", "end": "2026-01-19", "name": "business.*", "dimensions": "{}"}
         body = client.get("/api/kpi/metrics", params=params).json()
-        assert body["relation"] == "kpi_metrics" and body["count"] == 10 * 7 and not body["truncated"]
+        assert body["relation"] == "kpi_metrics_all" and body["count"] == 10 * 7 and not body["truncated"]
         assert {row["metric_name"] for row in body["metrics"]} == {n for n in _seeded() if n.startswith("business.")}
         first = next(r for r in body["metrics"] if r["metric_name"] == "business.conversion_rate")
         assert first == {

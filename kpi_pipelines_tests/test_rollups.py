@@ -45,6 +45,7 @@ from kpi_pipelines_tests.conftest import (
     load_events,
     postgres_or_skip,
 )
+from kpi_pipelines_tests.test_api_helpers import start_server  # noqa: F401  (a fixture)
 
 ROLLUP_MODELS = (
     "rollup_events_minute",
@@ -205,7 +206,7 @@ def insert_daily_kpis(warehouse: Warehouse, values: list[tuple[str, str, str, fl
         )
 
 
-def test_rollup_values_by_hand_on_both_backends(warehouse, write_events):
+def test_rollup_values_by_hand_on_both_backends(warehouse, write_events, start_server):
     load_events(warehouse, write_events, HAND_EVENTS)
     insert_daily_kpis(
         warehouse,
@@ -291,6 +292,33 @@ def test_rollup_values_by_hand_on_both_backends(warehouse, write_events):
     assert sources[("day", dt.datetime(2026, 3, 9))] == "rollup_events_day"  # no Python value that day
     assert sources[("week", dt.datetime(2026, 3, 9))] == "rollup_events_week"
     assert sources[("hour", dt.datetime(2026, 3, 10, 10))] == "rollup_events_hour"
+
+    # the KPI API serves every grain from the same view (on DuckDB from its snapshot, which
+    # keeps minute values for the last KPI_API_SNAPSHOT_MINUTE_DAYS days of minute data)
+    server = start_server(warehouse, KPI_API_SNAPSHOT_MINUTE_DAYS="2")
+    with server.client() as client:
+
+        def served(level: str, start: str, end: str, name: str) -> dict[str, float]:
+            response = client.get(
+                "/api/kpi/metrics",
+                params={"aggregation_level": level, "start": start, "end": end, "name": name, "dimensions": "{}"},
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["relation"] == "kpi_metrics_all"
+            return {row["timestamp"]: row["metric_value"] for row in response.json()["metrics"]}
+
+        hourly = served("hour", "2026-03-10", "2026-03-10", "search.click_through_rate")
+        assert hourly == {"2026-03-10T10:00:00Z": 0.5, "2026-03-10T11:00:00Z": 0.0}
+        assert served("minute", "2026-03-10", "2026-03-10", "events.count")["2026-03-10T10:00:00Z"] == 2
+        assert served("week", "2026-03-09", "2026-03-15", "search.click_through_rate") == {
+            "2026-03-09T00:00:00Z": pytest.approx(2 / 6)
+        }
+        assert served("day", "2026-03-10", "2026-03-10", "search.click_through_rate") == {"2026-03-10T00:00:00Z": 0.9}
+        too_old = client.get("/api/kpi/metrics", params={"aggregation_level": "minute", "start": "2026-03-01", "end": "2026-03-11"})
+        if warehouse.dialect == "duckdb":  # the newest minute bucket is on 2026-03-11: two days back is 03-10
+            assert too_old.status_code == 422 and "start: on DuckDB the API holds minute values from 2026-03-10" in too_old.text
+        else:
+            assert too_old.status_code == 200 and too_old.json()["count"] > 0
 
     sessions = dict(warehouse.query("SELECT event_id, session_key FROM stg_events"))
     assert sessions["q1"] == sessions["q4"] == "s-1#1"

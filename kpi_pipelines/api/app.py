@@ -334,7 +334,9 @@ class ApiState:
             database = self.url.database or ""
             if not database or database.startswith(":memory:"):
                 raise ValueError("KPI_WAREHOUSE_URL: `kpi serve` needs a DuckDB file, not an in-memory database")
-            self.snapshots = DuckDBSnapshots(Path(database), settings.warehouse_schema or None, settings.snapshot_seconds)
+            self.snapshots = DuckDBSnapshots(
+                Path(database), settings.warehouse_schema or None, settings.snapshot_seconds, settings.snapshot_minute_days
+            )
         else:
             self.warehouse = Warehouse(settings.warehouse_url, settings.warehouse_schema or None)
         self._collector: Collector | None = None
@@ -663,6 +665,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     def _metrics(query: MetricQuery) -> tuple[list[dict[str, Any]], bool, dict[str, str]]:
         reader = state.reader()
+        since = getattr(reader, "minute_since", None)
+        if query.aggregation_level == "minute" and since is not None and query.start < since:
+            raise InputError(
+                ("query", "start"),
+                f"start: on DuckDB the API holds minute values from {since} on (the last "
+                f"{settings.snapshot_minute_days} days of KPI_API_SNAPSHOT_MINUTE_DAYS); ask for a later start "
+                "or aggregation_level=hour",
+            )
         probe = MetricQuery(**{**query.__dict__, "limit": query.limit + 1})
         rows = read_metrics(reader, probe)
         truncated = len(rows) > query.limit
@@ -694,7 +704,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         ] = None,
         format: Format = "json",
     ) -> Response:
-        """KPI values of the metric relation (`kpi_metrics`), filtered; `format=csv` exports them."""
+        """KPI values of every grain (`kpi_metrics_all`: the daily KPIs and the dbt rollups), filtered;
+        `format=csv` exports them."""
         names = list(name or [])
         if len(names) > 50:
             raise InputError(("query", "name"), "name: at most 50 names or patterns")

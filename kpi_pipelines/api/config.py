@@ -38,6 +38,7 @@ class ApiSettings:
     rate_burst: float = 100.0
     max_body_bytes: int = 16 * 1024 * 1024
     snapshot_seconds: float = 5.0
+    snapshot_minute_days: int = 7
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -54,6 +55,7 @@ class ApiSettings:
             rate_burst=_number("KPI_API_RATE_BURST", float, 1),
             max_body_bytes=int(_number("KPI_API_MAX_BODY_BYTES", int, 1024)),
             snapshot_seconds=_number("KPI_API_SNAPSHOT_SECONDS", float, 0),
+            snapshot_minute_days=int(_number("KPI_API_SNAPSHOT_MINUTE_DAYS", int, 1)),
         )
 
 

@@ -1,10 +1,14 @@
 """Reading KPI values and alerts for the API, on both backends.
 
-PostgreSQL is read directly (`Warehouse.query`). A DuckDB file has one writing process
-(the Dagster runs) and a reader's shared lock keeps that writer from opening it, so the API
-reads DuckDB from a **snapshot**: the metric relation and the alert instances copied into an
-in-memory DuckDB, refreshed when the file has changed (its and its WAL's size and
-modification time), at most every `KPI_API_SNAPSHOT_SECONDS`. The file is opened read-only
+Metrics come from `kpi_metrics_all`, the view over the daily KPIs and every dbt rollup
+(minute, hour, day, week). PostgreSQL is read directly (`Warehouse.query`). A DuckDB file
+has one writing process (the Dagster runs) and a reader's shared lock keeps that writer
+from opening it, so the API reads DuckDB from a **snapshot**: the metric relation and the
+alert instances copied into an in-memory DuckDB, refreshed when the file has changed (its
+and its WAL's size and modification time), at most every `KPI_API_SNAPSHOT_SECONDS`. Minute
+values are copied for the last `KPI_API_SNAPSHOT_MINUTE_DAYS` days of minute data only
+(a year of them would be millions of rows in the API's memory); older minute queries are
+refused with a message saying so. The file is opened read-only
 only while it is copied (milliseconds). While a writer holds it, the last snapshot is
 served (the answer says so in `X-KPI-Snapshot: stale` and `X-KPI-Snapshot-Time`); with no
 snapshot yet, the API retries for about a second and then answers 503 with `Retry-After`.
@@ -29,9 +33,10 @@ import sqlalchemy as sa
 from kpi_pipelines.ingestion.contract import _sql_string
 from kpi_pipelines.warehouse import Warehouse, WarehouseError
 
-# The relation every metric read comes from. A dbt view unioning the rollups
-# (`kpi_metrics_all`) will replace it: change this one name.
-METRICS_RELATION = "kpi_metrics"
+# The relation every metric read comes from: dbt's union of the daily KPIs and the rollups
+# (a placeholder view over the daily KPIs until dbt first builds it).
+METRICS_RELATION = "kpi_metrics_all"
+MINUTE_ROLLUP = "rollup_events_minute"
 ALERTS_TABLE = "alert_instances"
 METRIC_COLUMNS = ("metric_name", "metric_value", "dimensions", "timestamp", "aggregation_level")
 _EMPTY_METRICS = (
@@ -77,6 +82,7 @@ class Snapshot:
     signature: Any
     taken_at: dt.datetime
     stale: bool = False
+    minute_since: dt.date | None = None  # minute values before this day are not in the copy
 
 
 class SnapshotReader:
@@ -86,6 +92,7 @@ class SnapshotReader:
 
     def __init__(self, snapshot: Snapshot):
         self.snapshot = snapshot
+        self.minute_since = snapshot.minute_since
         self.headers = {
             "X-KPI-Snapshot": "stale" if snapshot.stale else "fresh",
             "X-KPI-Snapshot-Time": snapshot.taken_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -109,10 +116,13 @@ def _is_lock_conflict(error: BaseException) -> bool:
 class DuckDBSnapshots:
     """Snapshots of a DuckDB warehouse file (see the module doc)."""
 
-    def __init__(self, path: Path, schema: str | None, min_interval: float = 5.0, first_wait: float = 1.0):
+    def __init__(
+        self, path: Path, schema: str | None, min_interval: float = 5.0, minute_days: int = 7, first_wait: float = 1.0
+    ):
         self.path = Path(path)
         self.schema = schema or "main"
         self.min_interval = min_interval
+        self.minute_days = minute_days
         self.first_wait = first_wait
         self._snapshot: Snapshot | None = None
         self._checked = float("-inf")
@@ -207,14 +217,27 @@ class DuckDBSnapshots:
                         [self.schema],
                     ).fetchall()
                 }
-                for name in (METRICS_RELATION, ALERTS_TABLE):
-                    if name in present:
-                        memory.execute(f'CREATE TABLE "{name}" AS SELECT * FROM kpi_source."{self.schema}"."{name}"')
-                    elif name == METRICS_RELATION:
-                        memory.execute(_EMPTY_METRICS)
+                source = f'kpi_source."{self.schema}"'
+                minute_since = None
+                if MINUTE_ROLLUP in present:
+                    newest = memory.execute(f'SELECT max("timestamp") FROM {source}.{MINUTE_ROLLUP}').fetchone()[0]
+                    if newest is not None:
+                        minute_since = newest.date() - dt.timedelta(days=self.minute_days - 1)
+                if METRICS_RELATION in present:
+                    # the filter reaches the view's window (it partitions by these columns)
+                    columns = ", ".join(f'"{column}"' for column in METRIC_COLUMNS)
+                    memory.execute(
+                        f"CREATE TABLE {METRICS_RELATION} AS SELECT {columns} FROM {source}.{METRICS_RELATION} "
+                        """WHERE aggregation_level <> 'minute' OR $since IS NULL OR "timestamp" >= $since""",
+                        {"since": minute_since},
+                    )
+                else:
+                    memory.execute(_EMPTY_METRICS)
+                if ALERTS_TABLE in present:
+                    memory.execute(f"CREATE TABLE {ALERTS_TABLE} AS SELECT * FROM {source}.{ALERTS_TABLE}")
             finally:
                 memory.execute("DETACH kpi_source")
-            return Snapshot(memory, signature, taken_at)
+            return Snapshot(memory, signature, taken_at, minute_since=minute_since)
         except BaseException:
             memory.close()
             raise
