@@ -19,7 +19,7 @@ from kpi_pipelines.ingestion.resources import EventIngestionResource
 from kpi_pipelines.jobs import daily_assets_job
 from kpi_pipelines.rollups import rollups_dbt_resource
 from kpi_pipelines.schedules import SchedulingResource, hourly_today, nightly_backfill
-from kpi_pipelines.settings import resource_value, setting
+from kpi_pipelines.settings import choice_setting, resource_value, setting
 from kpi_pipelines.warehouse import WarehouseResource, parse_warehouse_url
 
 
@@ -61,6 +61,10 @@ def build_definitions(
 
 defs = build_definitions(
     WarehouseResource(url=resource_value("KPI_WAREHOUSE_URL"), schema_name=resource_value("KPI_WAREHOUSE_SCHEMA")),
-    EventIngestionResource(pii_salt=resource_value("KPI_PII_SALT"), landing_dir=resource_value("KPI_LANDING_DIR")),
+    EventIngestionResource(
+        pii_salt=resource_value("KPI_PII_SALT"),
+        landing_dir=resource_value("KPI_LANDING_DIR"),
+        after_load=choice_setting("KPI_LANDING_AFTER_LOAD", ("delete", "archive", "keep")),
+    ),
     SchedulingResource(nightly_lookback_days=int(setting("KPI_NIGHTLY_LOOKBACK_DAYS"))),
 )

@@ -16,6 +16,7 @@ DEFAULTS = {
     "KPI_SOURCE_DB_URL": "",
     "KPI_PII_SALT": DEVELOPMENT_SALT,
     "KPI_LANDING_DIR": "data/landing",
+    "KPI_LANDING_AFTER_LOAD": "delete",  # delete | archive | keep
     "DAGSTER_HOME": ".dagster_home",
     "KPI_NIGHTLY_LOOKBACK_DAYS": "2",
     # alerting (docs/alerts.md)
@@ -47,6 +48,14 @@ def setting(name: str) -> str:
     """The environment's value for `name`, or its documented default."""
     value = os.environ.get(name, "")
     return value if value.strip() else DEFAULTS[name]
+
+
+def choice_setting(name: str, choices: tuple[str, ...]) -> str:
+    """A setting that must be one of `choices`; a ValueError naming the variable otherwise."""
+    value = setting(name).strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name}={setting(name)!r}: expected one of {', '.join(choices)}")
+    return value
 
 
 @dataclass(frozen=True)

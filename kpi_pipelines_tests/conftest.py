@@ -18,7 +18,7 @@ POSTGRES_URL = os.environ.get("KPI_TEST_POSTGRES_URL", "")
 SALT = "test-salt"
 
 
-def definitions_for(warehouse: Warehouse, landing_dir: str = "/nonexistent"):
+def definitions_for(warehouse: Warehouse, landing_dir: str = "/nonexistent", after_load: str = "delete"):
     """The project's own definitions, bound to a test warehouse."""
     from kpi_pipelines.definitions import build_definitions
     from kpi_pipelines.ingestion.resources import EventIngestionResource
@@ -26,7 +26,7 @@ def definitions_for(warehouse: Warehouse, landing_dir: str = "/nonexistent"):
 
     return build_definitions(
         WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or ""),
-        EventIngestionResource(pii_salt=SALT, landing_dir=landing_dir),
+        EventIngestionResource(pii_salt=SALT, landing_dir=landing_dir, after_load=after_load),
     )
 
 

@@ -8,9 +8,11 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context, instance_for_test
 
 from kpi_pipelines.definitions import defs
+from kpi_pipelines.ingestion.loader import EventLoader
 from kpi_pipelines.ingestion.resources import EventIngestionResource
 from kpi_pipelines.ingestion.sensors import landing_sensor
 from kpi_pipelines.warehouse import Warehouse
@@ -27,8 +29,8 @@ def test_definitions_load_with_every_job_and_sensor():
     assert repository.assets_defs_by_key  # the asset graph is there
 
 
-def _definitions(warehouse: Warehouse, landing: Path):
-    return definitions_for(warehouse, str(landing))
+def _definitions(warehouse: Warehouse, landing: Path, after_load: str = "delete"):
+    return definitions_for(warehouse, str(landing), after_load)
 
 
 def _write(path: Path, events: list[dict], mtime: int | None = None) -> Path:
@@ -77,6 +79,65 @@ def test_raw_events_run_loads_landing_files_once_and_reports_the_partition(duckd
         assert metadata["loaded_accepted"].value == 0
     assert duckdb_warehouse.scalar("SELECT count(*) FROM raw_events") == 2
     assert duckdb_warehouse.scalar("SELECT count(*) FROM ingested_files") == 1
+    assert not (landing / "day.jsonl").exists()  # loaded: its raw user ids left the disk
+
+
+@pytest.mark.parametrize("after_load", ["delete", "archive", "keep"])
+def test_loaded_landing_files_are_deleted_archived_or_kept_and_other_files_never_touched(
+    duckdb_warehouse, tmp_path, after_load
+):
+    landing, elsewhere = tmp_path / "landing", tmp_path / "elsewhere"
+    landing.mkdir()
+    elsewhere.mkdir()
+    dropped = _write(landing / "dropped.jsonl", [event("d1")])
+    given = _write(elsewhere / "given.jsonl", [event("g1")])
+    bad = _write(landing / "bad.jsonl", [event("b1"), "not an object"])  # a reject is recorded: loaded all the same
+    job = _definitions(duckdb_warehouse, landing, after_load).resolve_job_def("ingest_job")
+    with instance_for_test() as instance:
+        config = {"ops": {"raw_events": {"config": {"files": [str(given)]}}}}
+        assert job.execute_in_process(instance=instance, partition_key="2026-03-10", run_config=config).success
+    assert sorted(duckdb_warehouse.scalar("SELECT list(event_id ORDER BY event_id) FROM raw_events")) == ["b1", "d1", "g1"]
+    assert duckdb_warehouse.scalar("SELECT count(*) FROM rejected_events") == 1
+    assert given.exists()
+    archive = landing / "loaded" / dt.datetime.now(dt.timezone.utc).date().isoformat()
+    assert {path.name for path in landing.glob("*.jsonl")} == ({"dropped.jsonl", "bad.jsonl"} if after_load == "keep" else set())
+    archived = {path.name for path in archive.glob("*.jsonl")} if archive.exists() else set()
+    assert archived == ({"dropped.jsonl", "bad.jsonl"} if after_load == "archive" else set())
+    if after_load == "archive":
+        assert (archive / dropped.name).read_text() == json.dumps(event("d1")) + "\n"
+        assert (archive / bad.name).read_text().endswith('"not an object"\n')
+
+
+def test_a_requested_file_an_earlier_run_loaded_and_removed_is_skipped(duckdb_warehouse, tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    early = _write(landing / "early.jsonl", [event("e1")])
+    job = _definitions(duckdb_warehouse, landing).resolve_job_def("ingest_job")
+    requested = {"ops": {"raw_events": {"config": {"files": [str(early)]}}}}  # as the sensor asked
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, partition_key="2026-03-10").success  # loads and deletes it
+        assert not early.exists()
+        result = job.execute_in_process(instance=instance, partition_key="2026-03-10", run_config=requested)
+        assert result.success
+        # a file that never was loaded and is missing still fails the run, naming the file
+        missing = {"ops": {"raw_events": {"config": {"files": [str(landing / "never.jsonl")]}}}}
+        failed = job.execute_in_process(instance=instance, partition_key="2026-03-10", run_config=missing, raise_on_error=False)
+        assert not failed.success
+        assert "never.jsonl: no such file" in str(failed.get_step_failure_events()[0].event_specific_data.error)
+    assert duckdb_warehouse.scalar("SELECT count(*) FROM raw_events") == 1
+
+
+def test_a_loaded_file_left_in_the_landing_directory_is_settled_by_the_next_run(duckdb_warehouse, tmp_path):
+    """A crash between a load's commit and the file's deletion leaves the file behind."""
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    left = _write(landing / "left.jsonl", [event("l1")])
+    EventLoader(duckdb_warehouse, SALT).load_file(left)  # committed, not settled
+    job = _definitions(duckdb_warehouse, landing).resolve_job_def("ingest_job")
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, partition_key="2026-03-10").success
+    assert not left.exists()
+    assert duckdb_warehouse.scalar("SELECT count(*) FROM raw_events") == 1
 
 
 def test_kpi_materialize_records_the_run_in_dagster_home(duckdb_warehouse, tmp_path, monkeypatch):
@@ -113,3 +174,4 @@ def test_repository_dagster_yaml_runs_a_job_on_postgresql(tmp_path, monkeypatch,
         stored = instance.get_run_by_id(result.run_id)
         assert stored is not None and stored.is_success
     assert warehouse.scalar("SELECT count(*) FROM raw_events") == 1
+    assert not (landing / "pg.jsonl").exists()

@@ -42,12 +42,18 @@ class RawEventsConfig(Config):
     )
 
 
-def unloaded(warehouse: Warehouse, paths: list[Path]) -> list[Path]:
-    """The files among `paths` whose current version has not been loaded yet."""
+def loaded_before(warehouse: Warehouse, path: Path) -> bool:
+    """Whether a file at this path was loaded (and, being gone, settled by an earlier run)."""
+    return bool(warehouse.scalar("SELECT count(*) FROM ingested_files WHERE path = :path", {"path": str(path)}))
+
+
+def split_loaded(warehouse: Warehouse, paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The files among `paths` whose current version has not been loaded yet, and the others."""
     if not paths:
-        return []
+        return [], []
     loaded = {row[0] for row in warehouse.query("SELECT file_key FROM ingested_files")}
-    return [path for path in paths if file_key(path) not in loaded]
+    keyed = [(path, file_key(path) in loaded) for path in paths]
+    return [path for path, done in keyed if not done], [path for path, done in keyed if done]
 
 
 def partition_counts(warehouse: Warehouse, start: str, end: str) -> dict[str, int]:
@@ -89,10 +95,18 @@ def raw_events(
     loader = ingestion.loader(wh)
     explicit = [Path(name) for name in config.files]
     accepted = duplicates = rejected = 0
-    for path in explicit + unloaded(wh, ingestion.landing_files()):
+    new, loaded_earlier = split_loaded(wh, ingestion.landing_files())
+    for path in loaded_earlier:  # left by a crash between a load's commit and its settling
+        context.log.info(f"{path}: loaded earlier; {ingestion.settle_loaded(path)}")
+    for path in explicit + new:
+        if not path.exists() and ingestion.in_landing_dir(path) and loaded_before(wh, path):
+            # requested by the sensor, but an earlier run loaded it with the directory's new files
+            context.log.info(f"{path}: already loaded by an earlier run")
+            continue
         result = loader.load_file(path)
+        settled = ingestion.settle_loaded(path)
         context.log.info(
-            f"{path}: {result.accepted} accepted, {result.duplicates} duplicates, {result.rejected} rejected"
+            f"{path}: {result.accepted} accepted, {result.duplicates} duplicates, {result.rejected} rejected; {settled}"
         )
         accepted, duplicates, rejected = (
             accepted + result.accepted,

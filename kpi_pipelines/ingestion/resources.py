@@ -1,8 +1,12 @@
-"""The ingestion resource: the pseudonymization secret and the landing directory."""
+"""The ingestion resource: the pseudonymization secret, the landing directory and what
+becomes of a landing file once it is loaded."""
 
 from __future__ import annotations
 
+import datetime as dt
+import shutil
 from pathlib import Path
+from typing import Literal
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -14,10 +18,17 @@ EVENT_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 
 
 class EventIngestionResource(ConfigurableResource):
-    """Configured from `KPI_PII_SALT` and `KPI_LANDING_DIR`."""
+    """Configured from `KPI_PII_SALT`, `KPI_LANDING_DIR` and `KPI_LANDING_AFTER_LOAD`."""
 
     pii_salt: str = Field(description="secret key of the user-id pseudonyms (HMAC-SHA256)")
     landing_dir: str = Field(description="directory the landing sensor loads new event files from")
+    after_load: Literal["delete", "archive", "keep"] = Field(
+        default="delete",
+        description=(
+            "what becomes of a landing file once its load has committed: delete it (its raw user ids "
+            "leave the disk), archive it under loaded/<UTC day>/, or keep it in place"
+        ),
+    )
 
     def loader(self, warehouse: Warehouse) -> EventLoader:
         return EventLoader(warehouse, self.pii_salt)
@@ -34,3 +45,19 @@ class EventIngestionResource(ConfigurableResource):
             if path.is_file() and not path.name.startswith(".") and path.name.endswith(EVENT_FILE_SUFFIXES)
         ]
         return sorted(files, key=lambda path: (path.stat().st_mtime_ns, path.name))
+
+    def in_landing_dir(self, path: Path) -> bool:
+        return path.parent.resolve() == Path(self.landing_dir).resolve()
+
+    def settle_loaded(self, path: Path) -> str:
+        """Apply `after_load` to a landing file whose load has committed (files elsewhere,
+        such as those given to `kpi ingest`, are never touched); returns what was done."""
+        if self.after_load == "keep" or not self.in_landing_dir(path):
+            return "kept"
+        if self.after_load == "delete":
+            path.unlink(missing_ok=True)
+            return "deleted"
+        archive = Path(self.landing_dir) / "loaded" / dt.datetime.now(dt.timezone.utc).date().isoformat()
+        archive.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, archive / path.name)
+        return f"archived to {archive}"
