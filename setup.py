@@ -8,7 +8,7 @@ setup(
     description="Dagster project measuring the AutoDescribe retrieval-augmented product system",
     packages=find_packages(exclude=["kpi_pipelines_tests*"]),
     include_package_data=True,
-    package_data={"kpi_pipelines": ["defaults/*", "alerts/*.yaml", "api/static/*"]},
+    package_data={"kpi_pipelines": ["defaults/*", "alerts/*.yaml", "api/static/*", "api/pages/*"]},
     python_requires=">=3.10",
     install_requires=[
         "dagster==1.13.27",

@@ -12,6 +12,7 @@ import gc
 import io
 import json
 import re
+import string
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -71,6 +72,20 @@ except ImportError:  # pragma: no cover
 
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+DASHBOARDS = {"executive": "Executive", "operations": "Operations"}
+
+
+def render_dashboard(page: str) -> str:
+    """A dashboard page: the shared shell (pages/layout.html) around the page's own panels
+    (pages/<page>.html)."""
+    current = ' aria-current="page"'
+    nav = "".join(
+        f'<a href="/dashboards/{name}"{current if name == page else ""}>{label}</a>' for name, label in DASHBOARDS.items()
+    )
+    layout = string.Template((PAGES_DIR / "layout.html").read_text(encoding="utf-8"))
+    content = (PAGES_DIR / f"{page}.html").read_text(encoding="utf-8")
+    return layout.substitute(title=page, page=page, nav=nav, content=content)
 MIN_DATE, MAX_DATE = dt.date(2000, 1, 1), dt.date(2100, 12, 31)
 MAX_RANGE_DAYS = 3700
 _DIMENSION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -798,10 +813,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     def index() -> Response:
         return RedirectResponse("/dashboards/executive")
 
+    pages = {page: render_dashboard(page) for page in DASHBOARDS}
+
     @app.get("/dashboards/{page}", include_in_schema=False)
     def dashboard(page: str) -> Response:
-        if page not in ("executive", "operations"):
-            raise HTTPException(404, "no such dashboard: executive or operations")
-        return FileResponse(STATIC_DIR / f"{page}.html", media_type="text/html")
+        if page not in pages:
+            raise HTTPException(404, f"no such dashboard: {' or '.join(pages)}")
+        return HTMLResponse(pages[page])
 
     return app

@@ -1,8 +1,9 @@
 """The event contract (docs/events.md), written once as data and compiled to SQL.
 
-Validation runs inside DuckDB over the raw lines of a file: one parse of each line's paths
-(`json_type` and `json_extract_string` with a list of paths), then one CASE per rule. The
-reasons name the field and what was expected, so a person can fix the producer.
+Validation runs inside DuckDB over the raw lines of a file: `from_json` parses each line
+into its envelope and metadata members, kept as JSON fragments (one column per field a rule
+names), then each rule is a test of its fragment. The reasons name the field and what was
+expected, so a person can fix the producer.
 """
 
 from __future__ import annotations
