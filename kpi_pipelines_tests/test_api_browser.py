@@ -1,17 +1,24 @@
 """The dashboards in headless Chromium (the Debian `chromium` package, driven by
 Playwright's Python package; no browser is downloaded), on DuckDB and PostgreSQL: the pages
 load without console errors, ask for the key and keep it in sessionStorage, draw their
-charts, and a new date range changes what the charts show."""
+charts, and a new date range changes what the charts show; and events posted to `kpi serve`
+reach the dashboard after the landing sensor's run."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
 import pytest
+from dagster import RunRequest, build_sensor_context, instance_for_test
 
+from kpi_pipelines.ingestion.resources import EventIngestionResource
+from kpi_pipelines.ingestion.sensors import landing_sensor
+from kpi_pipelines_tests.conftest import SALT, definitions_for, event
 from kpi_pipelines_tests.test_api_helpers import (  # noqa: F401  (fixture)
     KEY,
+    landing_dir,
     seed_alerts,
     seed_metrics,
     start_server,
@@ -173,5 +180,55 @@ def test_a_refused_key_asks_again(browser, duckdb_warehouse, start_server):
         page.page.wait_for_function("document.querySelector('#status').textContent.includes('refused')")
         assert page.page.evaluate("sessionStorage.getItem('kpiApiKey')") is None
         assert [error for error in page.errors if "401" not in error] == []  # only the refused requests
+    finally:
+        page.close()
+
+
+def test_events_posted_to_kpi_serve_reach_the_kpis_and_the_dashboard_after_the_sensor_tick(
+    browser, duckdb_warehouse, start_server, tmp_path
+):
+    """The issue's "done when": `kpi serve` takes events from a client; the landing sensor's
+    next tick starts the ingest job (raw_events, the KPI assets, the rollups); the API and
+    the executive dashboard in Chromium show the new KPI values."""
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    at = lambda second: f"{today}T00:00:{second:02d}Z"  # noqa: E731
+    # four queries, one of them clicked: click-through rate 1/4, by hand
+    events = [event(f"q{n}", timestamp=at(n), session_id=f"s-{n}") for n in range(4)]
+    events.append(event("c0", timestamp=at(10), session_id="s-0", action="click", query_id="q-q0", product_id="P1", position=1))
+    server = start_server(duckdb_warehouse)
+    with server.client() as client:
+        posted = client.post("/api/kpi/events", json=events)
+        assert posted.status_code == 202 and posted.json() == {"accepted": 5, "duplicates": 0, "rejected": []}
+
+    landing = landing_dir(server)
+    ingestion = EventIngestionResource(pii_salt=SALT, landing_dir=str(landing))
+    request = landing_sensor(build_sensor_context(resources={"ingestion": ingestion}))
+    assert isinstance(request, RunRequest) and request.partition_key == today
+    job = definitions_for(duckdb_warehouse, str(landing)).resolve_job_def("ingest_job")
+    with instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, partition_key=request.partition_key, run_config=request.run_config)
+        assert result.success
+    assert not list(landing.glob("*.ndjson"))  # loaded, then deleted
+    duckdb_warehouse.dispose()  # the API's snapshot reads the file
+
+    with server.client() as client:
+        series = client.get("/api/kpi/search/success-rate", params={"start": today, "end": today}).json()["series"]
+        ctr = next(s for s in series if s["metric_name"] == "search.click_through_rate" and s["dimensions"] == {})
+        assert ctr["points"] == [{"timestamp": f"{today}T00:00:00Z", "value": 0.25}]
+        hourly = client.get(
+            "/api/kpi/metrics",
+            params={"name": "search.queries", "start": today, "end": today, "aggregation_level": "hour", "dimensions": "{}"},
+        ).json()["metrics"]
+        assert [(row["timestamp"], row["metric_value"]) for row in hourly] == [(f"{today}T00:00:00Z", 4.0)]
+
+    page = Page(browser, server.url)
+    try:
+        page.open(f"/dashboards/executive?start={today}&end={today}")
+        page.sign_in()
+        page.wait_ready(f"{today}/{today}")
+        assert page.page.text_content('.tile[data-metric="search.click_through_rate"] .value') == "25.0%"
+        charts = {chart["title"]: chart for chart in page.charts()}
+        assert charts["Search success, click-through, no results"]["points"] >= 1
+        assert page.errors == [] and page.outside == []
     finally:
         page.close()
