@@ -11,7 +11,7 @@
   their reasons, and duplicates inside the request. Ids stored by earlier requests are
   skipped when the file is loaded (docs/api.md, "Duplicates on DuckDB").
 
-Validation has a fixed cost of tens of milliseconds a query (the contract is a large SQL
+Validation has a fixed cost of about 40 ms a query (the contract is a large SQL
 statement), so concurrent requests are validated together: one thread takes every request
 waiting, writes their lines as one landing file (group commit), validates it in one query,
 splits the counts per request, publishes the file, and only then answers them all.
