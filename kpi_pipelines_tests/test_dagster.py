@@ -108,6 +108,18 @@ def test_loaded_landing_files_are_deleted_archived_or_kept_and_other_files_never
         assert (archive / bad.name).read_text().endswith('"not an object"\n')
 
 
+def test_archiving_a_second_file_of_the_same_name_keeps_both(tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    resource = EventIngestionResource(pii_salt=SALT, landing_dir=str(landing), after_load="archive")
+    for text in ("first\n", "second\n"):
+        (landing / "events.jsonl").write_text(text)
+        assert resource.settle_loaded(landing / "events.jsonl").startswith("archived as ")
+    archived = sorted(path.read_text() for path in (landing / "loaded").glob("*/*events.jsonl"))
+    assert archived == ["first\n", "second\n"]
+    assert not (landing / "events.jsonl").exists()
+
+
 def test_a_requested_file_an_earlier_run_loaded_and_removed_is_skipped(duckdb_warehouse, tmp_path):
     landing = tmp_path / "landing"
     landing.mkdir()

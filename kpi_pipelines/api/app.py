@@ -86,6 +86,8 @@ def render_dashboard(page: str) -> str:
     layout = string.Template((PAGES_DIR / "layout.html").read_text(encoding="utf-8"))
     content = (PAGES_DIR / f"{page}.html").read_text(encoding="utf-8")
     return layout.substitute(title=page, page=page, nav=nav, content=content)
+
+
 MIN_DATE, MAX_DATE = dt.date(2000, 1, 1), dt.date(2100, 12, 31)
 MAX_RANGE_DAYS = 3700
 _DIMENSION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")

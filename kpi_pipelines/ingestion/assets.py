@@ -97,7 +97,9 @@ def raw_events(
     accepted = duplicates = rejected = 0
     new, loaded_earlier = split_loaded(wh, ingestion.landing_files())
     for path in loaded_earlier:  # left by a crash between a load's commit and its settling
-        context.log.info(f"{path}: loaded earlier; {ingestion.settle_loaded(path)}")
+        settled = ingestion.settle_loaded(path)
+        if settled != "kept":
+            context.log.info(f"{path}: loaded earlier; {settled}")
     for path in explicit + new:
         if not path.exists() and ingestion.in_landing_dir(path) and loaded_before(wh, path):
             # requested by the sensor, but an earlier run loaded it with the directory's new files

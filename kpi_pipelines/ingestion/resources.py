@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -59,5 +60,8 @@ class EventIngestionResource(ConfigurableResource):
             return "deleted"
         archive = Path(self.landing_dir) / "loaded" / dt.datetime.now(dt.timezone.utc).date().isoformat()
         archive.mkdir(parents=True, exist_ok=True)
-        shutil.move(path, archive / path.name)
-        return f"archived to {archive}"
+        target = archive / path.name
+        if target.exists():  # a producer dropped another file of the same name today: keep both
+            target = archive / f"{time.time_ns()}-{path.name}"
+        shutil.move(path, target)
+        return f"archived as {target}"
