@@ -1,5 +1,7 @@
 """Assembles the domains into the project's Dagster definitions (`defs`)."""
 
+from typing import get_args
+
 from dagster import Definitions, EnvVar, in_process_executor, multiprocess_executor
 
 from kpi_pipelines import (
@@ -15,7 +17,7 @@ from kpi_pipelines import (
     search_experience,
     system_performance,
 )
-from kpi_pipelines.ingestion.resources import EventIngestionResource
+from kpi_pipelines.ingestion.resources import AfterLoad, EventIngestionResource
 from kpi_pipelines.jobs import daily_assets_job
 from kpi_pipelines.rollups import rollups_dbt_resource
 from kpi_pipelines.schedules import SchedulingResource, hourly_today, nightly_backfill
@@ -64,7 +66,7 @@ defs = build_definitions(
     EventIngestionResource(
         pii_salt=resource_value("KPI_PII_SALT"),
         landing_dir=resource_value("KPI_LANDING_DIR"),
-        after_load=choice_setting("KPI_LANDING_AFTER_LOAD", ("delete", "archive", "keep")),
+        after_load=choice_setting("KPI_LANDING_AFTER_LOAD", get_args(AfterLoad)),
     ),
     SchedulingResource(nightly_lookback_days=int(setting("KPI_NIGHTLY_LOOKBACK_DAYS"))),
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from kpi_pipelines.settings import resource_value, setting
+from kpi_pipelines.settings import DEFAULTS, resource_value, setting
 
 DEFAULT_RULES_PATH = str(Path(__file__).with_name("default_rules.yaml"))
 SLACK_DEFAULT_BASE_URL = "https://slack.com/api/"
@@ -66,18 +66,23 @@ class AlertSettings:
 class AlertingResource(ConfigurableResource):
     """Where the rules are and how notifications are delivered (see docs/alerts.md)."""
 
-    rules_path: str = Field(default="", description="alert rules file; '' = the packaged default rules")
-    slack_token: str = Field(default="", description="Slack bot token; '' = Slack notifications go to the log")
-    slack_base_url: str = Field(default="", description="Slack Web API base URL; '' = Slack's own")
-    webserver_url: str = Field(default="http://localhost:3000", description="Dagster UI base URL for links")
-    smtp_host: str = Field(default="", description="SMTP server; '' = e-mail notifications go to the log")
-    smtp_port: str = Field(default="25")
-    smtp_from: str = Field(default="kpi-alerts@localhost")
-    smtp_user: str = Field(default="")
-    smtp_password: str = Field(default="")
-    smtp_starttls: str = Field(default="false", description="'true' to STARTTLS before login")
-    metrics_relation: str = Field(default="kpi_metrics", description="table or view the rules read KPI values from")
-    evaluation_interval: str = Field(default="15m", description="evaluate at least this often without new materializations")
+    rules_path: str = Field(default=DEFAULTS["KPI_ALERT_RULES"], description="alert rules file; '' = the packaged default rules")
+    slack_token: str = Field(default=DEFAULTS["SLACK_BOT_TOKEN"], description="Slack bot token; '' = Slack notifications go to the log")
+    slack_base_url: str = Field(default=DEFAULTS["KPI_SLACK_BASE_URL"], description="Slack Web API base URL; '' = Slack's own")
+    webserver_url: str = Field(default=DEFAULTS["DAGSTER_WEBSERVER_URL"], description="Dagster UI base URL for links")
+    smtp_host: str = Field(default=DEFAULTS["KPI_SMTP_HOST"], description="SMTP server; '' = e-mail notifications go to the log")
+    smtp_port: str = Field(default=DEFAULTS["KPI_SMTP_PORT"])
+    smtp_from: str = Field(default=DEFAULTS["KPI_SMTP_FROM"])
+    smtp_user: str = Field(default=DEFAULTS["KPI_SMTP_USER"])
+    smtp_password: str = Field(default=DEFAULTS["KPI_SMTP_PASSWORD"])
+    smtp_starttls: str = Field(default=DEFAULTS["KPI_SMTP_STARTTLS"], description="'true' to STARTTLS before login")
+    metrics_relation: str = Field(
+        default=DEFAULTS["KPI_ALERT_METRICS_RELATION"], description="table or view the rules read KPI values from"
+    )
+    evaluation_interval: str = Field(
+        default=DEFAULTS["KPI_ALERT_EVALUATION_INTERVAL"],
+        description="evaluate at least this often without new materializations",
+    )
 
     @classmethod
     def from_env(cls) -> AlertingResource:

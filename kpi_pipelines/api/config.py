@@ -33,12 +33,12 @@ class ApiSettings:
     pii_salt: str
     landing_dir: str
     api_keys: tuple[str, ...] = field(repr=False)
-    webhook_secret: str = field(repr=False, default="")
-    rate_per_second: float = 50.0
-    rate_burst: float = 100.0
-    max_body_bytes: int = 16 * 1024 * 1024
-    snapshot_seconds: float = 5.0
-    snapshot_minute_days: int = 7
+    webhook_secret: str = field(repr=False)
+    rate_per_second: float
+    rate_burst: float
+    max_body_bytes: int
+    snapshot_seconds: float
+    snapshot_minute_days: int
 
     @classmethod
     def from_env(cls) -> ApiSettings:

@@ -92,11 +92,14 @@ class SnapshotReader:
 
     def __init__(self, snapshot: Snapshot):
         self.snapshot = snapshot
-        self.minute_since = snapshot.minute_since
         self.headers = {
             "X-KPI-Snapshot": "stale" if snapshot.stale else "fresh",
             "X-KPI-Snapshot-Time": snapshot.taken_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
+
+    @property
+    def minute_since(self) -> dt.date | None:
+        return self.snapshot.minute_since
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         cursor = self.snapshot.connection.cursor()

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Literal
 
+AfterLoad = Literal["delete", "archive", "keep"]
+
 from dagster import ConfigurableResource
 from pydantic import Field
 
@@ -23,7 +25,7 @@ class EventIngestionResource(ConfigurableResource):
 
     pii_salt: str = Field(description="secret key of the user-id pseudonyms (HMAC-SHA256)")
     landing_dir: str = Field(description="directory the landing sensor loads new event files from")
-    after_load: Literal["delete", "archive", "keep"] = Field(
+    after_load: AfterLoad = Field(
         default="delete",
         description=(
             "what becomes of a landing file once its load has committed: delete it (its raw user ids "
