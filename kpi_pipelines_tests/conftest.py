@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import sqlalchemy as sa
 
+from kpi_pipelines.alerts.testing import FakeHTTPServer
 from kpi_pipelines.warehouse import Warehouse
 
 POSTGRES_URL = os.environ.get("KPI_TEST_POSTGRES_URL", "")
@@ -148,3 +149,11 @@ def all_table_text(warehouse: Warehouse) -> str:
     ]
     assert "raw_events" in names
     return "\n".join(str(row) for name in names for row in warehouse.query(f'SELECT * FROM "{name}"'))
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeHTTPServer]:
+    """A local HTTP server answering like Slack's Web API (and webhooks), stopped afterwards."""
+    server = FakeHTTPServer().start()
+    yield server
+    server.stop()

@@ -55,13 +55,6 @@ rules:
 
 
 @pytest.fixture
-def slack():
-    server = FakeHTTPServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def rules_path(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text(RULES)

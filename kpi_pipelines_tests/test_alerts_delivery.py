@@ -64,13 +64,6 @@ LOW_CTR = """
 """
 
 
-@pytest.fixture
-def slack():
-    server = FakeHTTPServer().start()
-    yield server
-    server.stop()
-
-
 def slack_settings(server: FakeHTTPServer, path: str = "") -> AlertSettings:
     return AlertSettings(rules_path=path, slack_token="xoxb-test", slack_base_url=server.base_url,
                          webserver_url="http://dagster.test:3000")
