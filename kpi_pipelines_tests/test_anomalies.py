@@ -70,3 +70,27 @@ def test_trailing_window_in_sql_matches_statistics_module(warehouse):
         ("search.click_through_rate", "{}", "anomalous", "spike"),
         ("search.click_through_rate", '{"variant": "b"}', "not_enough_data", None),
     ]
+
+
+@pytest.mark.parametrize("level", [0.852, 0.1, 1234.5678, 1e-4])
+def test_an_unchanged_series_is_never_anomalous(warehouse, level):
+    """A value repeated every day, through the SQL window on both backends: whatever float
+    rounding its mean and deviation carry, it must not read as a change."""
+    start = dt.date(2026, 3, 1)
+    metrics = [Metric("data_quality.completeness", level, start + dt.timedelta(days=i)) for i in range(15)]
+    replace_daily_metrics(warehouse, "test_asset", start, start + dt.timedelta(days=15), metrics)
+    day = start + dt.timedelta(days=14)
+    (flat,) = training_points(warehouse, day, day + dt.timedelta(days=1))
+    anomaly = classify(flat)
+    assert (anomaly.status, anomaly.direction) == ("normal", None)
+    # a real change of a flat series is still flagged
+    moved = classify(SeriesPoint(flat.metric_name, flat.dimensions, flat.day, level * 1.01, 14, flat.training_mean, flat.training_stddev))
+    assert (moved.status, moved.direction) == ("anomalous", "spike")
+
+
+def test_float_rounding_of_the_training_aggregates_is_tolerated():
+    mean = sum([0.852] * 14) / 14  # a running float sum, as SQL's avg: 0.8520000000000002
+    assert mean != 0.852
+    assert classify(point(0.852, mean=mean, sd=1.1e-16)).status == "normal"
+    assert classify(point(0.852, mean=mean, sd=0.0)).status == "normal"
+    assert classify(point(0.86, mean=mean, sd=1.1e-16)).status == "anomalous"
