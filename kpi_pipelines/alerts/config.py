@@ -36,7 +36,7 @@ class AlertSettings:
     smtp_user: str = ""
     smtp_password: str = ""
     smtp_starttls: bool = False
-    metrics_relation: str = "kpi_metrics"
+    metrics_relation: str = DEFAULTS["KPI_ALERT_METRICS_RELATION"]
     evaluation_interval: dt.timedelta = dt.timedelta(minutes=15)
 
     def __post_init__(self) -> None:
@@ -115,6 +115,6 @@ class AlertingResource(ConfigurableResource):
             smtp_user=self.smtp_user,
             smtp_password=self.smtp_password,
             smtp_starttls=_truthy(self.smtp_starttls),
-            metrics_relation=self.metrics_relation or "kpi_metrics",
+            metrics_relation=self.metrics_relation or DEFAULTS["KPI_ALERT_METRICS_RELATION"],
             evaluation_interval=parse_duration(self.evaluation_interval or "15m"),
         )
