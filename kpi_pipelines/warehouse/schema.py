@@ -245,14 +245,13 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         6,
         "quarantined_files: landing files that could not be read, moved to failed/",
         [
-            # One row per quarantine: the file's name under failed/ is unique (a second file
-            # of a quarantined name gets a prefix), so a retried and again broken file is a
-            # new row. `reason` is the loader's one-line error, e-mails and phones masked.
+            # One row per quarantine (a file retried and broken again is quarantined again).
+            # `reason` is the loader's one-line error, e-mails and phones masked.
             """CREATE TABLE IF NOT EXISTS quarantined_files (
-                failed_path VARCHAR NOT NULL PRIMARY KEY,
+                quarantine_id VARCHAR NOT NULL PRIMARY KEY,
                 landing_path VARCHAR NOT NULL,
+                failed_path VARCHAR NOT NULL,
                 size_bytes BIGINT NOT NULL,
-                sha256 VARCHAR NOT NULL,
                 reason VARCHAR NOT NULL,
                 run_id VARCHAR,
                 quarantined_at TIMESTAMP NOT NULL
