@@ -181,7 +181,7 @@ def test_run_failure_sensor_posts_each_failure_once_and_retries_when_slack_is_do
         assert f"http://dagster.test:3000/runs/{failed.run_id}" in post.body["text"]
 
         again = build_sensor_context(instance=instance, definitions=definitions, resources=resources, cursor=context.cursor)
-        assert "no new run failures" in run_failure_alert_sensor(again).skip_message
+        assert "no new run failure(s)" in run_failure_alert_sensor(again).skip_message
         assert len(slack.posts()) == 1
 
         slack.stop()
@@ -218,7 +218,7 @@ def test_failed_asset_check_sensor_posts_non_blocking_check_failures(slack, rule
         assert "checked_kpi" in post.body["text"] and "values_in_range" in post.body["text"]
         assert "WARN" in json.dumps(post.body["blocks"]) and "3 proportions above 1" in json.dumps(post.body["blocks"])
         again = build_sensor_context(instance=instance, definitions=definitions, resources=resources, cursor=context.cursor)
-        assert "no new failed asset checks" in failed_asset_check_sensor(again).skip_message
+        assert "no new failed asset check(s)" in failed_asset_check_sensor(again).skip_message
         assert len(slack.posts()) == 1
 
 

@@ -188,6 +188,36 @@ def render_alerts(channel: str, items: Sequence[Mapping[str, Any]], webserver_ur
     return Message(subject, "\n".join(lines)[:3900], blocks, payload, key, items=len(items))
 
 
+def _run_failure_lines(event: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """(which assets, partitions and attempt; the cause's first lines) of a run failure."""
+    assets = list(event.get("assets") or [])
+    what = "; ".join(
+        part
+        for part in (
+            ("assets " + ", ".join(assets[:10]) + (f" and {len(assets) - 10} more" if len(assets) > 10 else "")) if assets else "",
+            f"partition {event['partition']}" if event.get("partition") else "",
+            event.get("attempt") or "",
+        )
+        if part
+    )
+    return what, list(event.get("cause") or ["see the run"])
+
+
+def _check_failure_lines(event: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """(severity, partition and attempt; description and failing counts) of a failed check."""
+    what = "; ".join(
+        part
+        for part in (
+            event.get("severity", "ERROR") + (", blocking" if event.get("blocking") else ""),
+            f"partition {event['partition']}" if event.get("partition") else "",
+            event.get("attempt") or "",
+        )
+        if part
+    )
+    cause = [line for line in (event.get("description") or "").splitlines()[:3] if line.strip()]
+    return what, cause + ([event["details"]] if event.get("details") else [])
+
+
 def render_dagster_events(channel: str, events: Sequence[Mapping[str, Any]], webserver_url: str) -> Message:
     """One message for run failures and failed asset checks (the Dagster-side sensors)."""
     failures = sum(event["kind"] == "run_failure" for event in events)
@@ -200,18 +230,22 @@ def render_dagster_events(channel: str, events: Sequence[Mapping[str, Any]], web
     blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": headline[:150]}}]
     for event in events[:MAX_ALERTS_PER_MESSAGE]:
         if event["kind"] == "run_failure":
-            line = f"run {event['run_id'][:8]} of job {event['job']} failed: {event.get('error') or 'see the run'}"
-            mrkdwn = f":x: *Run failed · {event['job']}*\n{(event.get('error') or 'see the run')[:1500]}"
+            what, cause = _run_failure_lines(event)
+            line = f"run {event['run_id'][:8]} of job {event['job']} failed" + (f" ({what})" if what else "")
+            mrkdwn = f":x: *Run failed · {event['job']}*" + (f"\n{what}" if what else "") + "\n```" + "\n".join(cause)[:1500] + "```"
         else:
-            where = f" partition {event['partition']}" if event.get("partition") else ""
-            line = f"check {event['check']} on {event['asset']}{where} failed ({event.get('severity', 'ERROR')})"
-            mrkdwn = (
-                f":warning: *Asset check failed · {event['asset']} / {event['check']}*{where}\n"
-                f"severity {event.get('severity', 'ERROR')}"
-                + (f" · {event['description'][:1000]}" if event.get("description") else "")
+            what, cause = _check_failure_lines(event)
+            line = f"check {event['check']} on {event['asset']} failed ({what})"
+            mrkdwn = f":warning: *Asset check failed · {event['asset']} / {event['check']}*\n{what}" + (
+                "\n" + "\n".join(cause)[:1000] if cause else ""
             )
+            if event.get("run_url"):
+                mrkdwn += f"\n<{event['run_url']}|the run>"
         url = event.get("url")
         lines.append("- " + line + (f"; {url}" if url else ""))
+        lines.extend("    " + cause_line for cause_line in cause)
+        if event.get("run_url"):
+            lines.append(f"    run: {event['run_url']}")
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": (mrkdwn + (f"\n<{url}|open in Dagster>" if url else ""))[:3000]}})
     if len(events) > MAX_ALERTS_PER_MESSAGE:
         more = len(events) - MAX_ALERTS_PER_MESSAGE

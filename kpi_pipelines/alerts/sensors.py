@@ -15,6 +15,7 @@
 
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -123,32 +124,105 @@ def deliver_dagster_events(settings: AlertSettings, events: list[dict[str, Any]]
     return len(events)
 
 
-def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0][:500] if (text or "").strip() else ""
+# Dagster's tags on runs of the auto-retry daemon (dagster._core.storage.tags, no public export)
+WILL_RETRY_TAG, AUTO_RETRY_RUN_ID_TAG, RETRY_NUMBER_TAG = "dagster/will_retry", "dagster/auto_retry_run_id", "dagster/retry_number"
+PARTITION_TAG, RANGE_START_TAG, RANGE_END_TAG = (
+    "dagster/partition", "dagster/asset_partition_range_start", "dagster/asset_partition_range_end",
+)
+WAIT_FOR_RETRY_SECONDS = 600  # a retry announced (will_retry) but not launched by then is reported as final
+CAUSE_LINES = 8
+DBT_ERRORS_MARKER = "Errors parsed from dbt logs:"  # dagster-dbt's DagsterDbtCliRuntimeError text
+OUTSIDE_FAILURE = "marked as failed from outside the execution context"  # report_run_failed's default message
 
 
-def _root_message(error: Any) -> str:
-    """The user's error under Dagster's wrappers (the deepest `cause`), first line."""
+def _lines(text: str | None) -> list[str]:
+    return [line.strip()[:300] for line in (text or "").splitlines() if line.strip()]
+
+
+def _cause_lines(error: Any) -> list[str]:
+    """The first lines of the user's error under Dagster's wrappers (the deepest `cause`); for a
+    dbt CLI failure, what dbt logged as errors (failing tests and models with their messages)
+    instead of the command line."""
     while getattr(error, "cause", None) is not None:
         error = error.cause
-    return _first_line(error.message)
+    head, marker, dbt_errors = (error.message or "").partition(DBT_ERRORS_MARKER)
+    if not marker:
+        return _lines(head)[:CAUSE_LINES]
+    code = re.search(r"exit code `?(-?\d+)", head)
+    summary = f"{error.cls_name}: dbt failed" + (f" with exit code {code.group(1)}" if code else "")
+    return [summary, *_lines(dbt_errors)][:CAUSE_LINES]
 
 
-def _failure_reason(entry: Any) -> str:
-    event = entry.dagster_event
-    data = getattr(event, "event_specific_data", None)
-    step = getattr(data, "first_step_failure_event", None)
-    if step is not None and getattr(step.event_specific_data, "error", None) is not None:
-        return f"step {step.step_key}: {_root_message(step.event_specific_data.error)}"
+def _run_cause(instance: Any, entry: Any) -> list[str]:
+    """Why a run failed: its failed steps' errors; else the run's own error or message; for a run
+    failed from outside (a killed worker) the engine's last word before it."""
+    steps = instance.all_logs(entry.run_id, of_type=DagsterEventType.STEP_FAILURE)
+    lines: list[str] = []
+    for step in steps:
+        error = getattr(step.dagster_event.event_specific_data, "error", None)
+        cause = _cause_lines(error) if error is not None else _lines(step.dagster_event.message)
+        lines += [f"step {step.step_key}: {cause[0] if cause else 'failed'}", *cause[1:]]
+    if lines:
+        return lines[:CAUSE_LINES]
+    data = entry.dagster_event.event_specific_data
     if getattr(data, "error", None) is not None:
-        return _root_message(data.error)
-    return _first_line(getattr(event, "message", None) or entry.user_message)
+        return _cause_lines(data.error)
+    message = entry.dagster_event.message or entry.user_message
+    if OUTSIDE_FAILURE not in (message or ""):
+        return _lines(message)[:CAUSE_LINES]
+    engine = [e for e in instance.all_logs(entry.run_id, of_type=DagsterEventType.ENGINE_EVENT) if e.timestamp <= entry.timestamp]
+    with_error = [e for e in engine if getattr(e.dagster_event.event_specific_data, "error", None) is not None]
+    if with_error:
+        return [_lines(message)[0], *_cause_lines(with_error[-1].dagster_event.event_specific_data.error)][:CAUSE_LINES]
+    return [_lines(message)[0], *(_lines(engine[-1].dagster_event.message) if engine else [])][:CAUSE_LINES]
+
+
+def _partitions_text(partitions: Sequence[str]) -> str:
+    ordered = sorted(set(partitions))
+    if len(ordered) <= 3:
+        return ", ".join(ordered)
+    return f"{ordered[0]} … {ordered[-1]} ({len(ordered)} partitions)"
+
+
+def _failed_assets(instance: Any, run: Any, run_id: str) -> tuple[list[str], str]:
+    """The assets that failed to materialize in the run, and the partition(s) it ran for."""
+    failed: dict[str, list[str]] = {}
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_FAILED_TO_MATERIALIZE):
+        failed.setdefault(entry.dagster_event.asset_key.to_user_string(), []).append(entry.dagster_event.partition)
+    partitions = [p for values in failed.values() for p in values if p]
+    tags = run.tags if run is not None else {}
+    if not partitions and tags.get(PARTITION_TAG):
+        partitions = [tags[PARTITION_TAG]]
+    partition = _partitions_text(partitions)
+    if not partitions and tags.get(RANGE_START_TAG):
+        partition = f"{tags[RANGE_START_TAG]} … {tags.get(RANGE_END_TAG, '?')}"
+    return sorted(failed), partition
+
+
+def _attempt(run: Any) -> str:
+    """'' for a run never retried, else which attempt of which first run it was."""
+    if run is None or not run.tags.get(RETRY_NUMBER_TAG):
+        return ""
+    return f"attempt {int(run.tags[RETRY_NUMBER_TAG]) + 1}, first run {run.root_run_id}"
+
+
+def _retry_pending(run: Any, failed_at: float, now: float) -> bool | None:
+    """True while the auto-retry daemon announced a retry it has not launched yet; None when
+    it launched one (that run reports the incident); False when this failure is final."""
+    if run is None or run.tags.get(WILL_RETRY_TAG) != "true":
+        return False
+    if run.tags.get(AUTO_RETRY_RUN_ID_TAG):
+        return None
+    return now - failed_at < WAIT_FOR_RETRY_SECONDS
 
 
 def _deliver_then_advance(
-    context: SensorEvaluationContext, settings: Any, events: list[dict[str, Any]], cursor: dict[str, int], noun: str
+    context: SensorEvaluationContext, settings: Any, events: list[dict[str, Any]], cursor: dict[str, Any], noun: str
 ) -> SkipReason:
     """Post the events; move the cursor past them only once delivered (else retried next tick)."""
+    if not events:
+        context.update_cursor(json.dumps(cursor))
+        return SkipReason(f"no new {noun}")
     try:
         deliver_dagster_events(settings, events)
     except DeliveryError as error:
@@ -157,80 +231,145 @@ def _deliver_then_advance(
     return SkipReason(f"posted {len(events)} {noun}")
 
 
+def _newest_failure_before(instance: Any, timestamp: float) -> int:
+    """The storage id of the newest run failure older than `timestamp` (0 if none): where a
+    sensor without a cursor starts, so older failures are never sent."""
+    older = instance.fetch_run_status_changes(
+        RunStatusChangeRecordsFilter(event_type=DagsterEventType.RUN_FAILURE, before_timestamp=timestamp), limit=1
+    ).records
+    return older[0].storage_id if older else 0
+
+
 @sensor(
     minimum_interval_seconds=MINIMUM_INTERVAL_SECONDS,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Posts every failed run (any job) to the dagster_alerts channels of the rules file.",
+    description=(
+        "Posts every failed run (any job) to the dagster_alerts channels of the rules file, once "
+        "per incident: a run the auto-retry daemon retries is reported by its last attempt."
+    ),
 )
 def run_failure_alert_sensor(context: SensorEvaluationContext, alerting: AlertingResource):
     settings = alerting.get_settings()
-    cursor = _cursor(context).get("storage_id")
-    records_filter = RunStatusChangeRecordsFilter(
-        event_type=DagsterEventType.RUN_FAILURE,
-        after_storage_id=cursor,
-        after_timestamp=None if cursor is not None else time.time() - FIRST_TICK_LOOKBACK_SECONDS,
+    state = _cursor(context)
+    after = state.get("storage_id")
+    waiting: list[int] = [int(i) for i in state.get("waiting", [])]
+    now = time.time()
+    if after is None:
+        since = now - FIRST_TICK_LOOKBACK_SECONDS
+        after = _newest_failure_before(context.instance, since)
+    new = context.instance.fetch_run_status_changes(
+        RunStatusChangeRecordsFilter(event_type=DagsterEventType.RUN_FAILURE, after_storage_id=after), limit=50, ascending=True
+    ).records
+    pending = (
+        context.instance.fetch_run_status_changes(
+            RunStatusChangeRecordsFilter(event_type=DagsterEventType.RUN_FAILURE, storage_ids=waiting), limit=len(waiting)
+        ).records
+        if waiting
+        else []
     )
-    records = context.instance.fetch_run_status_changes(records_filter, limit=50, ascending=True).records
-    if not records:
-        if cursor is None:
-            context.update_cursor(json.dumps({"storage_id": 0}))
-        return SkipReason("no new run failures")
+    records = sorted({record.storage_id: record for record in [*pending, *new]}.values(), key=lambda r: r.storage_id)
+    runs = (
+        {run.run_id: run for run in context.instance.get_runs(RunsFilter(run_ids=[r.event_log_entry.run_id for r in records]))}
+        if records
+        else {}
+    )
     base = settings.webserver_url.rstrip("/")
-    events = [
-        {
-            "kind": "run_failure",
-            "id": record.storage_id,
-            "run_id": record.event_log_entry.run_id,
-            "job": record.event_log_entry.job_name or "?",
-            "error": _failure_reason(record.event_log_entry),
-            "failed_at": record.event_log_entry.timestamp,
-            "url": f"{base}/runs/{record.event_log_entry.run_id}",
-        }
-        for record in records
-    ]
-    last = max(record.storage_id for record in records)
-    return _deliver_then_advance(context, settings, events, {"storage_id": last}, "run failure(s)")
+    events, still_waiting = [], []
+    for record in records:
+        entry = record.event_log_entry
+        run = runs.get(entry.run_id)
+        retry = _retry_pending(run, entry.timestamp, now)
+        if retry is None:
+            continue
+        if retry:
+            still_waiting.append(record.storage_id)
+            continue
+        assets, partition = _failed_assets(context.instance, run, entry.run_id)
+        attempt = _attempt(run)
+        if run is not None and run.tags.get(WILL_RETRY_TAG) == "true":
+            attempt = (attempt + "; " if attempt else "") + f"its retry was not launched within {WAIT_FOR_RETRY_SECONDS // 60} min"
+        events.append(
+            {
+                "kind": "run_failure",
+                "id": record.storage_id,
+                "run_id": entry.run_id,
+                "job": entry.job_name or "?",
+                "assets": assets,
+                "partition": partition,
+                "attempt": attempt,
+                "cause": _run_cause(context.instance, entry),
+                "failed_at": entry.timestamp,
+                "url": f"{base}/runs/{entry.run_id}",
+            }
+        )
+    cursor = {"storage_id": max([after, *(r.storage_id for r in new)]), "waiting": still_waiting}
+    return _deliver_then_advance(context, settings, events, cursor, "run failure(s)")
+
+
+def _check_details(metadata: Any) -> str:
+    """The failing counts a check reported in its metadata (dbt: failed_row_count; the GX
+    checks: unexpected_count per expectation, rows_checked)."""
+    parts = []
+    for key, raw in (metadata or {}).items():
+        value = getattr(raw, "value", raw)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not re.search(r"count|fail|rows", key):
+            continue
+        if value or key == "rows_checked":
+            parts.append(f"{key.removeprefix('dagster_dbt/')}={value:g}")
+    return "; ".join(parts)
 
 
 @sensor(
     minimum_interval_seconds=MINIMUM_INTERVAL_SECONDS,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Posts failed asset checks (blocking or not) to the dagster_alerts channels of the rules file.",
+    description=(
+        "Posts failed asset checks (blocking or not) to the dagster_alerts channels of the rules "
+        "file, once per check, partition and first run (retries of a run are not reported again)."
+    ),
 )
 def failed_asset_check_sensor(context: SensorEvaluationContext, alerting: AlertingResource):
     settings = alerting.get_settings()
     cursor = _cursor(context).get("id")
-    since = None if cursor is not None else time.time() - FIRST_TICK_LOOKBACK_SECONDS
+    since = time.time() - FIRST_TICK_LOOKBACK_SECONDS
     check_keys = sorted(context.repository_def.asset_graph.asset_check_keys, key=str) if context.repository_def else []
-    failed = []
     storage = context.instance.event_log_storage
-    for key in check_keys:
-        for record in storage.get_asset_check_execution_history(key, limit=50, status={AssetCheckExecutionRecordStatus.FAILED}):
-            if (cursor is not None and record.id > cursor) or (cursor is None and record.create_timestamp >= since):
-                failed.append(record)
-    if not failed:
-        if cursor is None:
-            context.update_cursor(json.dumps({"id": 0}))
-        return SkipReason("no new failed asset checks")
-    failed.sort(key=lambda record: record.id)
+    history = [
+        record
+        for key in check_keys
+        for record in storage.get_asset_check_execution_history(key, limit=50, status={AssetCheckExecutionRecordStatus.FAILED})
+    ]
+    if cursor is None:  # start after the newest failure older than the lookback
+        cursor = max((record.id for record in history if record.create_timestamp < since), default=0)
+    history.sort(key=lambda record: record.id)
+    roots = {run.run_id: run for run in context.instance.get_runs(RunsFilter(run_ids=list({r.run_id for r in history})))} if history else {}
     base = settings.webserver_url.rstrip("/")
+    seen: set[tuple[Any, ...]] = set()
     events = []
-    for record in failed:
+    for record in history:
         evaluation = record.event.dagster_event.event_specific_data if record.event and record.event.dagster_event else None
-        asset = record.key.asset_key.to_user_string()
+        partition = record.partition or getattr(evaluation, "partition", None)
+        run = roots.get(record.run_id)
+        incident = (record.key, partition, (run.root_run_id or run.run_id) if run is not None else record.run_id)
+        if incident in seen or record.id <= cursor:  # an earlier attempt of the same run reported it
+            seen.add(incident)
+            continue
+        seen.add(incident)
         events.append(
             {
                 "kind": "check_failed",
                 "id": record.id,
                 "run_id": record.run_id,
-                "asset": asset,
+                "asset": record.key.asset_key.to_user_string(),
                 "check": record.key.name,
-                "partition": record.partition or getattr(evaluation, "partition", None),
+                "partition": partition,
                 "severity": getattr(getattr(evaluation, "severity", None), "value", "ERROR"),
                 "description": getattr(evaluation, "description", None) or "",
+                "details": _check_details(getattr(evaluation, "metadata", None)),
                 "blocking": bool(getattr(evaluation, "blocking", False)),
+                "attempt": _attempt(run),
                 "url": f"{base}/assets/{'/'.join(record.key.asset_key.path)}?view=checks",
+                "run_url": f"{base}/runs/{record.run_id}",
             }
         )
-    last = max(record.id for record in failed)
+    last = max([cursor, *(record.id for record in history)])
     return _deliver_then_advance(context, settings, events, {"id": last}, "failed asset check(s)")
