@@ -92,9 +92,27 @@ class EvaluationReport:
         return text
 
 
-def _window(rule: Rule, now: dt.datetime, previous: bool = False) -> store.WindowSpec:
+def _window(rule: Rule, now: dt.datetime, previous: bool = False, metric: str | None = None) -> store.WindowSpec:
     start, end = rule.window_bounds(now, previous)
-    return store.WindowSpec(rule.metric, rule.aggregation_level, not rule.dimensions, start, end)
+    return store.WindowSpec(metric or rule.metric, rule.aggregation_level, not rule.dimensions, start, end)
+
+
+def _too_few_samples(
+    rule: Rule, windows: list[dict[str, tuple[float, int, dt.datetime]]], dims_text: str, base: dict
+) -> Observation | None:
+    """No data (with the reason in the details) when the rule's `min_samples` count metric
+    sums to less than its minimum over a window it judges (change_pct: both windows); None
+    when the rule may judge."""
+    if rule.min_samples is None:
+        return None
+    totals = []
+    for means in windows:
+        mean = means.get(dims_text)
+        totals.append(mean[0] * mean[1] if mean is not None else 0.0)  # the window's sum of the count metric
+    if min(totals) >= rule.min_samples.count:
+        return None
+    return Observation(None, details={**base, "samples": min(totals), "min_samples": rule.min_samples.count,
+                                      "samples_metric": rule.min_samples.metric})
 
 
 def observe_rules(warehouse: Warehouse, rules: Iterable[Rule], now: dt.datetime, relation: str) -> list[Series]:
@@ -107,14 +125,20 @@ def observe_rules(warehouse: Warehouse, rules: Iterable[Rule], now: dt.datetime,
     def index(specs: OrderedDict, spec: store.WindowSpec) -> int:
         return specs.setdefault(spec, len(specs))
 
-    wanted: list[tuple[Rule, int, int | None]] = []
+    wanted: list[tuple[Rule, int, int | None, list[int]]] = []
     for rule in rules:
+        samples = []
+        if rule.min_samples is not None:
+            samples.append(index(value_specs, _window(rule, now, metric=rule.min_samples.metric)))
+            if rule.condition == "change_pct":
+                samples.append(index(value_specs, _window(rule, now, previous=True, metric=rule.min_samples.metric)))
         if rule.condition == "anomaly":
-            wanted.append((rule, index(anomaly_specs, _window(rule, now)), None))
+            wanted.append((rule, index(anomaly_specs, _window(rule, now)), None, samples))
         elif rule.condition == "change_pct":
-            wanted.append((rule, index(value_specs, _window(rule, now)), index(value_specs, _window(rule, now, previous=True))))
+            previous = index(value_specs, _window(rule, now, previous=True))
+            wanted.append((rule, index(value_specs, _window(rule, now)), previous, samples))
         else:
-            wanted.append((rule, index(value_specs, _window(rule, now)), None))
+            wanted.append((rule, index(value_specs, _window(rule, now)), None, samples))
     means = store.window_means(warehouse, relation, list(value_specs)) if value_specs else {}
     points = store.anomaly_points(warehouse, list(anomaly_specs)) if anomaly_specs else {}
 
@@ -126,14 +150,15 @@ def observe_rules(warehouse: Warehouse, rules: Iterable[Rule], now: dt.datetime,
         return parsed[text]
 
     out: list[Series] = []
-    for rule, current, previous in wanted:
+    for rule, current, previous, samples_indexes in wanted:
         start, end = rule.window_bounds(now)
         base = {"window": {"start": iso(start), "end": iso(end), "duration": format_duration(rule.window)}}
+        samples = [means.get(i, {}) for i in samples_indexes]
         if rule.condition == "anomaly":
             for text, series_points in points.get(current, {}).items():
                 dims = dims_of(text)
                 if dims is not None and rule.matches(dims):
-                    observation = observe_anomaly(rule, series_points, base)
+                    observation = _too_few_samples(rule, samples, text, base) or observe_anomaly(rule, series_points, base)
                     out.append(Series(rule, dims, fingerprint(rule.name, rule.labels, dims), observation))
             continue
         now_means = means.get(current, {})
@@ -148,9 +173,10 @@ def observe_rules(warehouse: Warehouse, rules: Iterable[Rule], now: dt.datetime,
                 details.update(buckets=mean[1], last_bucket=iso(mean[2]))
             if rule.condition == "change_pct":
                 previous_mean = before.get(text)
-                observation = observe_change(rule, mean and mean[0], previous_mean and previous_mean[0], details)
+                judged = observe_change(rule, mean and mean[0], previous_mean and previous_mean[0], details)
             else:
-                observation = observe_value(rule, mean and mean[0], details)
+                judged = observe_value(rule, mean and mean[0], details)
+            observation = _too_few_samples(rule, samples, text, details) or judged
             out.append(Series(rule, dims, fingerprint(rule.name, rule.labels, dims), observation))
     return out
 

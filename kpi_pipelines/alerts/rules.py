@@ -77,6 +77,16 @@ class Channel:
 
 
 @dataclass(frozen=True)
+class MinSamples:
+    """Judge a window only when a count metric (e.g. `search.queries` for a click-through
+    rule) sums to at least `count` over the same window and dimensions: a rate of 3 queries
+    is no evidence."""
+
+    metric: str
+    count: float
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     metric: str
@@ -98,6 +108,7 @@ class Rule:
     asset: str | None = None
     no_data: str = "keep_state"
     direction: str = "both"  # anomaly rules: which anomalies count
+    min_samples: MinSamples | None = None
 
     @property
     def has_wildcard(self) -> bool:
@@ -136,12 +147,13 @@ class RuleSet:
 RULE_KEYS = {
     "name", "metric", "aggregation_level", "dimensions", "condition", "thresholds", "window", "offset",
     "for", "keep_firing_for", "repeat_interval", "channels", "escalate_after", "escalation_channels",
-    "labels", "is_active", "description", "asset", "no_data", "direction",
+    "labels", "is_active", "description", "asset", "no_data", "direction", "min_samples",
 }
 DEFAULTABLE_KEYS = {
     "aggregation_level", "window", "offset", "for", "keep_firing_for", "repeat_interval", "channels",
     "labels", "no_data", "escalate_after", "escalation_channels",
 }
+MIN_SAMPLES_KEYS = {"metric", "count"}
 TOP_KEYS = {"channels", "rules", "defaults", "dagster_alerts"}
 CHANNEL_KEYS = {"slack": {"type", "channel"}, "webhook": {"type", "url", "headers"}, "email": {"type", "to"}}
 
@@ -392,6 +404,8 @@ def _parse_rule(
     elif "direction" in raw and condition not in (None, "anomaly"):
         errors.add(f"{where}.direction", "only anomaly rules take a direction (change_pct uses the thresholds' sign)")
 
+    min_samples = _min_samples(merged.get("min_samples"), f"{where}.min_samples", errors)
+
     if len(errors.errors) > before or name is None or condition is None or repeat is None:
         return None
     return Rule(
@@ -415,7 +429,28 @@ def _parse_rule(
         asset=asset.strip() if isinstance(asset, str) else None,
         no_data=no_data,
         direction=direction,
+        min_samples=min_samples,
     )
+
+
+def _min_samples(raw: Any, where: str, errors: _Collector) -> MinSamples | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        errors.add(where, f"expected a mapping {{metric: search.queries, count: 30}}, got {_describe(raw)}")
+        return None
+    for key in raw:
+        if key not in MIN_SAMPLES_KEYS:
+            errors.add(f"{where}.{key}", _unknown(key, MIN_SAMPLES_KEYS))
+    metric = raw.get("metric")
+    if not isinstance(metric, str) or not metric.strip():
+        errors.add(f"{where}.metric", f"expected the name of a count metric such as search.queries, got {_describe(metric)}")
+    count = _number(raw.get("count"))
+    if count is None or count <= 0:
+        errors.add(f"{where}.count", f"expected a number greater than 0, got {_describe(raw.get('count'))}")
+    if not isinstance(metric, str) or not metric.strip() or count is None or count <= 0:
+        return None
+    return MinSamples(metric.strip(), count)
 
 
 def parse_rules(document: Any, path: str = "<rules>") -> RuleSet:
