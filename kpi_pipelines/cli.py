@@ -225,10 +225,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     materialize(start, end)
     print("4/5 summary")
     print_summary(settings, start, end)
-    print("\n5/5 evaluating the alert rules at the start of today")
+    print("\n5/5 evaluating the alert rules (the packaged daily rules judge yesterday, the last complete day)")
     from kpi_pipelines.alerts.cli import evaluate_and_print, list_alerts
 
-    status = evaluate_and_print(at=dt.datetime.combine(end + dt.timedelta(days=1), dt.time()), trigger="demo")
+    status = evaluate_and_print(trigger="demo")
     if status == 0:
         for line in list_alerts(warehouse):
             print(line)
