@@ -149,9 +149,12 @@ def list_alerts(warehouse, now: dt.datetime | None = None, recent: int = 10) -> 
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """The stored alerts are listed even when the rules file is broken (they are what the
+    last good rules produced), but the exit status says the rules are invalid."""
+    valid = _rules(AlertSettings.from_env()) is not None
     for line in list_alerts(_warehouse()):
         print(line)
-    return 0
+    return 0 if valid else 1
 
 
 def cmd_silence(args: argparse.Namespace) -> int:
@@ -183,6 +186,16 @@ def cmd_unsilence(args: argparse.Namespace) -> int:
     from kpi_pipelines.alerts.store import expire_silences, utcnow
 
     count = expire_silences(_warehouse(), args.rule, utcnow())
+    if count == 0:
+        settings = AlertSettings.from_env()
+        ruleset = _rules(settings)
+        if ruleset is None:
+            return 1
+        if ruleset.rule(args.rule) is None:
+            known = ", ".join(rule.name for rule in ruleset.rules)
+            print(f"kpi: error: no rule named {args.rule!r} in {settings.rules_path} and no silence of it (rules: {known})",
+                  file=sys.stderr)
+            return 1
     print(f"ended {count} silence(s) of {args.rule}")
     return 0
 
