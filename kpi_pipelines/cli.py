@@ -144,6 +144,26 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_landing_list(args: argparse.Namespace) -> int:
+    from kpi_pipelines.ingestion.quarantine import list_quarantined
+
+    landing_dir = Settings.from_env().landing_dir
+    files = list_quarantined(landing_dir)
+    if not files:
+        print(f"no quarantined files in {Path(landing_dir) / 'failed'}")
+    for item in files:
+        print(f"{item.name}\t{item.path.stat().st_size} bytes\t{item.reason}")
+    return 0
+
+
+def cmd_landing_retry(args: argparse.Namespace) -> int:
+    from kpi_pipelines.ingestion.quarantine import retry
+
+    target = retry(Settings.from_env().landing_dir, args.name)
+    print(f"moved {args.name} back to {target}; the landing sensor or the next run loads it")
+    return 0
+
+
 def query_metrics(
     settings: Settings, pattern: str | None, start: dt.date | None, end: dt.date | None
 ) -> list[dict[str, Any]]:
@@ -314,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_date, default=None, help="last day, included (default: --start)")
     p.set_defaults(func=cmd_materialize)
 
+    landing = sub.add_parser("landing", help="landing files that could not be read (KPI_LANDING_DIR/failed)")
+    actions = landing.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = actions.add_parser("list", help="the quarantined files with the reason each could not be read")
+    p.set_defaults(func=cmd_landing_list)
+    p = actions.add_parser("retry", help="move a quarantined file back into the landing directory to be loaded")
+    p.add_argument("name", help="its file name under failed/, as `kpi landing list` prints it")
+    p.set_defaults(func=cmd_landing_retry)
+
     p = sub.add_parser("metrics", help="print KPI values")
     p.add_argument("--name", default=None, help="metric name pattern, e.g. 'retrieval.*'")
     p.add_argument("--start", type=_date, default=None)
@@ -341,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from kpi_pipelines.ingestion.catalog import CatalogError
     from kpi_pipelines.ingestion.loader import IngestError
+    from kpi_pipelines.ingestion.quarantine import QuarantineError
     from kpi_pipelines.warehouse import WarehouseError
 
     try:
@@ -349,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"kpi: error: {error}", file=sys.stderr)
         return 2
-    except (WarehouseError, IngestError, CatalogError, OSError) as error:
+    except (WarehouseError, IngestError, CatalogError, QuarantineError, OSError) as error:
         print(f"kpi: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,9 +1,16 @@
-"""`raw_events`: the daily-partitioned events table, loaded by the one event loader."""
+"""`raw_events`: the daily-partitioned events table, loaded by the one event loader.
+
+A landing file that cannot be read is quarantined (`quarantine.py`) and reported by the
+non-blocking check `landing_files_readable`, so the other files load and the run succeeds;
+a file given outside the landing directory still fails the run.
+"""
 
 
 from pathlib import Path
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetSpec,
@@ -16,9 +23,11 @@ from dagster import (
 from pydantic import Field
 
 from kpi_pipelines.ingestion.checks import RAW_EVENTS_CHECK, raw_events_check
-from kpi_pipelines.ingestion.loader import file_key
+from kpi_pipelines.ingestion.loader import IngestError, file_key
+from kpi_pipelines.ingestion.quarantine import quarantine, quarantined_before
 from kpi_pipelines.ingestion.resources import EventIngestionResource
 from kpi_pipelines.partitions import daily_partitions
+from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, retry_only_transient
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
 
 products = AssetSpec(
@@ -33,6 +42,7 @@ relevance_judgments = AssetSpec(
     description="Graded relevance judgments (query, product_id, relevance), loaded by `kpi load-judgments`.",
     kinds={"sql"},
 )
+LANDING_CHECK = "landing_files_readable"
 
 
 class RawEventsConfig(Config):
@@ -56,6 +66,20 @@ def split_loaded(warehouse: Warehouse, paths: list[Path]) -> tuple[list[Path], l
     return [path for path, done in keyed if not done], [path for path, done in keyed if done]
 
 
+def landing_check(quarantined: list[dict[str, str]], vanished: list[str]) -> AssetCheckResult:
+    """Fails (a warning: the run goes on) when this run set landing files aside, so the
+    failed-check alert sensor reports each such file once."""
+    problems = [f"{item['reason']} (moved to {item['failed_path']})" for item in quarantined]
+    problems += [f"{name} vanished before it was loaded" for name in vanished]
+    return AssetCheckResult(
+        check_name=LANDING_CHECK,
+        passed=not problems,
+        severity=AssetCheckSeverity.WARN,
+        description="; ".join(problems) if problems else "every landing file of the run was read",
+        metadata={"quarantined_files": MetadataValue.json(quarantined), "vanished_files": MetadataValue.json(vanished)},
+    )
+
+
 def partition_counts(warehouse: Warehouse, start: str, end: str) -> dict[str, int]:
     """Stored events per UTC day in [start, end)."""
     rows = warehouse.query(
@@ -77,12 +101,22 @@ def partition_counts(warehouse: Warehouse, start: str, end: str) -> dict[str, in
             asset="raw_events",
             blocking=True,
             description="GX: ids present and unique, known types and sources, timestamps inside the partition.",
-        )
+        ),
+        AssetCheckSpec(
+            LANDING_CHECK,
+            asset="raw_events",
+            description=(
+                "Every landing file of the run could be read; a file that cannot is moved to "
+                "failed/ (kpi landing list) and fails this check as a warning."
+            ),
+        ),
     ],
+    retry_policy=TRANSIENT_RETRY_POLICY,
     description=(
         "Validated, pseudonymized and deduplicated AutoDescribe events, one row per event id, "
         "bucketed by UTC day. Materializing loads the configured files and every unloaded file "
-        "of the landing directory (loads are idempotent), then reports the partition's events."
+        "of the landing directory (loads are idempotent), then reports the partition's events. "
+        "A landing file that cannot be read is moved to failed/ instead."
     ),
 )
 def raw_events(
@@ -91,21 +125,42 @@ def raw_events(
     warehouse: WarehouseResource,
     ingestion: EventIngestionResource,
 ) -> MaterializeResult:
-    wh = warehouse.get_warehouse()
+    with retry_only_transient():
+        return _load_and_report(context, config, wh=warehouse.get_warehouse(), ingestion=ingestion)
+
+
+def _load_and_report(
+    context: AssetExecutionContext, config: RawEventsConfig, wh: Warehouse, ingestion: EventIngestionResource
+) -> MaterializeResult:
     loader = ingestion.loader(wh)
     explicit = [Path(name) for name in config.files]
     accepted = duplicates = rejected = 0
+    quarantined: list[dict[str, str]] = []
+    vanished: list[str] = []
     new, loaded_earlier = split_loaded(wh, ingestion.landing_files())
     for path in loaded_earlier:  # left by a crash between a load's commit and its settling
         settled = ingestion.settle_loaded(path)
         if settled != "kept":
             context.log.info(f"{path}: loaded earlier; {settled}")
-    for path in explicit + new:
-        if not path.exists() and ingestion.in_landing_dir(path) and loaded_before(wh, path):
-            # requested by the sensor, but an earlier run loaded it with the directory's new files
-            context.log.info(f"{path}: already loaded by an earlier run")
+    for path in dict.fromkeys(explicit + new):  # the sensor's files are among the directory's
+        landing = ingestion.in_landing_dir(path)
+        if landing and not path.exists() and (loaded_before(wh, path) or quarantined_before(wh, path)):
+            # requested by the sensor, but an earlier run loaded or quarantined it already
+            context.log.info(f"{path}: already taken by an earlier run")
             continue
-        result = loader.load_file(path)
+        try:
+            result = loader.load_file(path)
+        except IngestError as error:
+            if not landing:
+                raise
+            moved = quarantine(wh, ingestion.landing_dir, path, str(error), context.run_id)
+            if moved is None:
+                context.log.warning(f"{path}: vanished from the landing directory before it was loaded")
+                vanished.append(str(path))
+            else:
+                context.log.warning(f"{moved.reason}; moved to {moved.path}")
+                quarantined.append({"file": str(path), "failed_path": str(moved.path), "reason": moved.reason})
+            continue
         settled = ingestion.settle_loaded(path)
         context.log.info(
             f"{path}: {result.accepted} accepted, {result.duplicates} duplicates, {result.rejected} rejected; {settled}"
@@ -129,7 +184,8 @@ def raw_events(
             "rejected_events_total": MetadataValue.int(
                 int(wh.scalar("SELECT count(*) FROM rejected_events") or 0)
             ),
+            "quarantined_files": MetadataValue.json(quarantined),
         },
-        check_results=[raw_events_check(wh, start, end)],
+        check_results=[raw_events_check(wh, start, end), landing_check(quarantined, vanished)],
     )
 
