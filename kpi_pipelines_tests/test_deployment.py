@@ -497,6 +497,7 @@ def test_helm_values_mirror_the_repository_instance_config():
     assert daemon["runRetries"] == {
         "enabled": instance["run_retries"]["enabled"],
         "maxRetries": instance["run_retries"]["max_retries"],
+        "retryOnAssetOrOpFailure": instance["run_retries"]["retry_on_asset_or_op_failure"],
     }
     retention = values["retention"]
     assert retention["enabled"] is True

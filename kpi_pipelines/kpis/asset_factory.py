@@ -3,7 +3,8 @@
 A domain supplies a plain function `compute(warehouse, start, end) -> list[Metric]` (set-based
 SQL plus pure functions, testable without Dagster); the asset reads its partition window,
 calls it, replaces its rows in `kpi_metrics`, checks them (a blocking GX asset check), and
-reports the values as metadata so the Dagster UI plots each KPI across partitions.
+reports the values as metadata so the Dagster UI plots each KPI across partitions. Only a
+transient warehouse error (lost connection, lock) is retried (`kpi_pipelines.retries`).
 """
 
 
@@ -29,6 +30,7 @@ from dagster import (
 from kpi_pipelines.kpis.checks import CHECK_NAME, kpi_rows_check
 from kpi_pipelines.kpis.store import Metric, replace_daily_metrics
 from kpi_pipelines.partitions import daily_partitions
+from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, retry_only_transient
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
 
 Compute = Callable[[Warehouse, dt.date, dt.date], list[Metric]]
@@ -72,6 +74,7 @@ def daily_kpi_asset(
         description=description,
         kinds={"python", "sql"},
         freshness_policy=KPI_FRESHNESS,
+        retry_policy=TRANSIENT_RETRY_POLICY,
         check_specs=[
             AssetCheckSpec(
                 CHECK_NAME,
@@ -83,9 +86,12 @@ def daily_kpi_asset(
         ],
     )
     def _kpi_asset(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+        with retry_only_transient():
+            return _compute_and_report(context, warehouse.get_warehouse())
+
+    def _compute_and_report(context: AssetExecutionContext, wh: Warehouse) -> MaterializeResult:
         window = context.partition_time_window
         start, end = window.start.date(), window.end.date()
-        wh = warehouse.get_warehouse()
         metrics = compute(wh, start, end)
         written = replace_daily_metrics(wh, name, start, end, metrics)
         checks = [kpi_rows_check(wh, name, start, end)]
