@@ -153,28 +153,31 @@ def _cause_lines(error: Any) -> list[str]:
     return [summary, *_lines(dbt_errors)][:CAUSE_LINES]
 
 
-def _run_cause(instance: Any, entry: Any) -> list[str]:
-    """Why a run failed: its failed steps' errors; else the run's own error or message; for a run
-    failed from outside (a killed worker) the engine's last word before it."""
-    steps = instance.all_logs(entry.run_id, of_type=DagsterEventType.STEP_FAILURE)
+def _run_cause(entry: Any, steps: Sequence[Any], engine: Sequence[Any]) -> list[str]:
+    """Why a run failed: its failed steps' errors (and what the engine saw of a step worker
+    that crashed); else the run's own error or message; for a run failed from outside (a
+    killed run worker) the engine's last word before it."""
     lines: list[str] = []
     for step in steps:
         error = getattr(step.dagster_event.event_specific_data, "error", None)
         cause = _cause_lines(error) if error is not None else _lines(step.dagster_event.message)
-        lines += [f"step {step.step_key}: {cause[0] if cause else 'failed'}", *cause[1:]]
+        crash = [_lines(e.dagster_event.message)[0] for e in engine if e.step_key == step.step_key and _error(e) and e.dagster_event.message]
+        lines += [f"step {step.step_key}: {cause[0] if cause else 'failed'}", *crash, *cause[1:]]
     if lines:
         return lines[:CAUSE_LINES]
-    data = entry.dagster_event.event_specific_data
-    if getattr(data, "error", None) is not None:
-        return _cause_lines(data.error)
+    if _error(entry) is not None:
+        return _cause_lines(_error(entry))
     message = entry.dagster_event.message or entry.user_message
     if OUTSIDE_FAILURE not in (message or ""):
         return _lines(message)[:CAUSE_LINES]
-    engine = [e for e in instance.all_logs(entry.run_id, of_type=DagsterEventType.ENGINE_EVENT) if e.timestamp <= entry.timestamp]
-    with_error = [e for e in engine if getattr(e.dagster_event.event_specific_data, "error", None) is not None]
-    if with_error:
-        return [_lines(message)[0], *_cause_lines(with_error[-1].dagster_event.event_specific_data.error)][:CAUSE_LINES]
-    return [_lines(message)[0], *(_lines(engine[-1].dagster_event.message) if engine else [])][:CAUSE_LINES]
+    before = [e for e in engine if e.timestamp <= entry.timestamp]
+    with_error = [e for e in before if _error(e) is not None]
+    last = _cause_lines(_error(with_error[-1])) if with_error else _lines(before[-1].dagster_event.message) if before else []
+    return [_lines(message)[0], *last][:CAUSE_LINES]
+
+
+def _error(entry: Any) -> Any:
+    return getattr(entry.dagster_event.event_specific_data, "error", None)
 
 
 def _partitions_text(partitions: Sequence[str]) -> str:
@@ -184,19 +187,35 @@ def _partitions_text(partitions: Sequence[str]) -> str:
     return f"{ordered[0]} … {ordered[-1]} ({len(ordered)} partitions)"
 
 
-def _failed_assets(instance: Any, run: Any, run_id: str) -> tuple[list[str], str]:
-    """The assets that failed to materialize in the run, and the partition(s) it ran for."""
-    failed: dict[str, list[str]] = {}
-    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_FAILED_TO_MATERIALIZE):
-        failed.setdefault(entry.dagster_event.asset_key.to_user_string(), []).append(entry.dagster_event.partition)
-    partitions = [p for values in failed.values() for p in values if p]
+def _run_failure_details(instance: Any, entry: Any, run: Any) -> tuple[list[str], str, list[str]]:
+    """(the assets of the failed steps that did not materialize, else all their assets; the
+    partition(s) of the run; the cause's first lines), from one read of the run's event log."""
+    logs = instance.all_logs(
+        entry.run_id,
+        of_type={
+            DagsterEventType.STEP_FAILURE, DagsterEventType.ENGINE_EVENT,
+            DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.ASSET_MATERIALIZATION,
+        },
+    )
+    steps = [e for e in logs if e.dagster_event.event_type == DagsterEventType.STEP_FAILURE]
+    engine = [e for e in logs if e.dagster_event.event_type == DagsterEventType.ENGINE_EVENT]
+    failed_steps = {e.step_key for e in steps}
+    planned, materialized = {}, set()
+    for e in logs:
+        event = e.dagster_event
+        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            materialized.add(event.asset_key.to_user_string())
+        elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED and (not failed_steps or e.step_key in failed_steps):
+            planned.setdefault(event.asset_key.to_user_string(), []).append(event.partition)
+    assets = sorted(set(planned) - materialized) or sorted(planned)
     tags = run.tags if run is not None else {}
-    if not partitions and tags.get(PARTITION_TAG):
-        partitions = [tags[PARTITION_TAG]]
-    partition = _partitions_text(partitions)
-    if not partitions and tags.get(RANGE_START_TAG):
+    if tags.get(PARTITION_TAG):
+        partition = tags[PARTITION_TAG]
+    elif tags.get(RANGE_START_TAG):
         partition = f"{tags[RANGE_START_TAG]} … {tags.get(RANGE_END_TAG, '?')}"
-    return sorted(failed), partition
+    else:
+        partition = _partitions_text([p for values in planned.values() for p in values if p])
+    return assets, partition, _run_cause(entry, steps, engine)
 
 
 def _attempt(run: Any) -> str:
@@ -284,7 +303,7 @@ def run_failure_alert_sensor(context: SensorEvaluationContext, alerting: Alertin
         if retry:
             still_waiting.append(record.storage_id)
             continue
-        assets, partition = _failed_assets(context.instance, run, entry.run_id)
+        assets, partition, cause = _run_failure_details(context.instance, entry, run)
         attempt = _attempt(run)
         if run is not None and run.tags.get(WILL_RETRY_TAG) == "true":
             attempt = (attempt + "; " if attempt else "") + f"its retry was not launched within {WAIT_FOR_RETRY_SECONDS // 60} min"
@@ -297,7 +316,7 @@ def run_failure_alert_sensor(context: SensorEvaluationContext, alerting: Alertin
                 "assets": assets,
                 "partition": partition,
                 "attempt": attempt,
-                "cause": _run_cause(context.instance, entry),
+                "cause": cause,
                 "failed_at": entry.timestamp,
                 "url": f"{base}/runs/{entry.run_id}",
             }
@@ -338,8 +357,8 @@ def failed_asset_check_sensor(context: SensorEvaluationContext, alerting: Alerti
         for key in check_keys
         for record in storage.get_asset_check_execution_history(key, limit=50, status={AssetCheckExecutionRecordStatus.FAILED})
     ]
-    if cursor is None:  # start after the newest failure older than the lookback
-        cursor = max((record.id for record in history if record.create_timestamp < since), default=0)
+    if cursor is None:  # start after the newest failure evaluated before the lookback
+        cursor = max((record.id for record in history if (record.event.timestamp if record.event else record.create_timestamp) < since), default=0)
     history.sort(key=lambda record: record.id)
     roots = {run.run_id: run for run in context.instance.get_runs(RunsFilter(run_ids=list({r.run_id for r in history})))} if history else {}
     base = settings.webserver_url.rstrip("/")
