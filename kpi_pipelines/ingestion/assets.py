@@ -153,7 +153,7 @@ def _load_and_report(
         except IngestError as error:
             if not landing:
                 raise
-            moved = quarantine(wh, ingestion.landing_dir, path, str(error), context.run_id)
+            moved = quarantine(wh, ingestion.landing_dir, path, str(error), context.run.run_id)
             if moved is None:
                 context.log.warning(f"{path}: vanished from the landing directory before it was loaded")
                 vanished.append(str(path))
