@@ -1,14 +1,18 @@
-"""The Dagster alert sensors on real instances and real failing runs, posting to the local
-fake Slack over HTTP: a sensor without a cursor sends only the last hour's failures; a run
-retried by Dagster's run retries is one alert, and so are its failed checks; an alert names
-the assets, partition, check or dbt test, the cause's first lines and the run."""
+"""The Dagster alert sensors on real instances (SQLite storage, and PostgreSQL storage as
+deployed) and real failing runs, posting to the local fake Slack over HTTP: a sensor without
+a cursor sends only the last hour's failures; a run retried by Dagster's run retries is one
+alert, and so are its failed checks; an alert names the assets, partition, check or dbt test,
+the cause's first lines and the run."""
 
 from __future__ import annotations
 
+import datetime as dt
+import contextlib
 import json
 import os
 import signal
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from dagster import (
@@ -33,8 +37,12 @@ from dagster import (
     reconstructable,
 )
 
+from sqlalchemy.engine import make_url
+
 from kpi_pipelines.alerts.config import AlertingResource
 from kpi_pipelines.alerts.sensors import failed_asset_check_sensor, run_failure_alert_sensor
+from kpi_pipelines_tests.conftest import postgres_or_skip
+from kpi_pipelines_tests.test_deployment import fresh_database
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -48,6 +56,27 @@ def resources(tmp_path, slack):
     path.write_text(RULES)
     return {"alerting": AlertingResource(rules_path=str(path), slack_token="xoxb-test", slack_base_url=slack.base_url,
                                          webserver_url="http://dagster.test:3000")}
+
+
+@contextlib.contextmanager
+def dagster_instance(storage: str, **overrides) -> Iterator:
+    """A temporary Dagster instance on SQLite files, or on a fresh PostgreSQL database
+    (dagster-postgres, as dagster.yaml deploys it)."""
+    if storage == "sqlite":
+        with instance_for_test(overrides=overrides or None) as instance:
+            yield instance
+        return
+    url = postgres_or_skip()
+    with fresh_database(url, "kpi_alerts_instance") as name:
+        instance_url = make_url(url).set(drivername="postgresql+psycopg2", database=name)
+        storage_config = {"postgres": {"postgres_url": instance_url.render_as_string(hide_password=False)}}
+        with instance_for_test(overrides={"storage": storage_config, **overrides}) as instance:
+            yield instance
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_instance(request) -> Callable:
+    return lambda **overrides: dagster_instance(request.param, **overrides)
 
 
 def tick(sensor, instance, definitions, resources, cursor):
@@ -126,9 +155,9 @@ def plant_check_failure(instance, seconds_ago: float) -> None:
 # --- a sensor without a cursor -------------------------------------------------------------
 
 
-def test_without_a_cursor_the_run_failure_sensor_sends_only_the_last_hour(slack, resources):
+def test_without_a_cursor_the_run_failure_sensor_sends_only_the_last_hour(slack, resources, make_instance):
     definitions = Definitions(jobs=[broken_job], sensors=[run_failure_alert_sensor])
-    with instance_for_test() as instance:
+    with make_instance() as instance:
         old = [plant_run_failure(instance, seconds_ago) for seconds_ago in (3 * HOUR, 2 * HOUR, HOUR + 60)]
         # only older failures: nothing now, and nothing on the next tick either (the cursor
         # must start after them, not at 0)
@@ -151,9 +180,9 @@ def test_without_a_cursor_the_run_failure_sensor_sends_only_the_last_hour(slack,
         assert len(slack.posts()) == 2
 
 
-def test_without_a_cursor_the_check_sensor_sends_only_the_last_hour(slack, resources):
+def test_without_a_cursor_the_check_sensor_sends_only_the_last_hour(slack, resources, make_instance):
     definitions = Definitions(assets=[checked_kpi], asset_checks=[no_negative_values], sensors=[failed_asset_check_sensor])
-    with instance_for_test() as instance:
+    with make_instance() as instance:
         for seconds_ago in (5 * HOUR, 2 * HOUR, HOUR + 60):
             plant_check_failure(instance, seconds_ago)
         message, cursor = tick(failed_asset_check_sensor, instance, definitions, resources, None)
@@ -171,10 +200,10 @@ def test_without_a_cursor_the_check_sensor_sends_only_the_last_hour(slack, resou
 # --- one incident, one alert ---------------------------------------------------------------
 
 
-def test_a_run_retried_twice_is_one_run_alert_and_one_check_alert(slack, resources):
+def test_a_run_retried_twice_is_one_run_alert_and_one_check_alert(slack, resources, make_instance):
     definitions = Definitions(assets=[checked_kpi], asset_checks=[no_negative_values], sensors=[run_failure_alert_sensor, failed_asset_check_sensor])
     overrides = {"run_retries": {"enabled": True, "max_retries": 2}}
-    with instance_for_test(overrides=overrides) as instance:
+    with make_instance(**overrides) as instance:
         run_cursor = check_cursor = None
         parent = None
         attempts = []
@@ -214,9 +243,9 @@ def test_a_run_retried_twice_is_one_run_alert_and_one_check_alert(slack, resourc
         assert tick(failed_asset_check_sensor, instance, definitions, resources, check_cursor)[0] == "no new failed asset check(s)"
 
 
-def test_a_retry_announced_but_never_launched_is_reported_after_ten_minutes(slack, resources):
+def test_a_retry_announced_but_never_launched_is_reported_after_ten_minutes(slack, resources, make_instance):
     definitions = Definitions(jobs=[broken_job], sensors=[run_failure_alert_sensor])
-    with instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 1}}) as instance:
+    with make_instance(run_retries={"enabled": True, "max_retries": 1}) as instance:
         waiting = plant_run_failure(instance, 5 * 60)
         stale = plant_run_failure(instance, 11 * 60)
         assert instance.get_run_by_id(waiting).tags["dagster/will_retry"] == "true"
@@ -233,9 +262,9 @@ def test_a_retry_announced_but_never_launched_is_reported_after_ten_minutes(slac
 # --- what an alert says --------------------------------------------------------------------
 
 
-def test_a_run_alert_names_the_asset_partition_cause_lines_and_run(slack, resources):
+def test_a_run_alert_names_the_asset_partition_cause_lines_and_run(slack, resources, make_instance):
     definitions = Definitions(assets=[daily_kpi], sensors=[run_failure_alert_sensor])
-    with instance_for_test() as instance:
+    with make_instance() as instance:
         result = materialize([daily_kpi], instance=instance, partition_key="2026-03-10", raise_on_error=False)
         assert not result.success
         assert tick(run_failure_alert_sensor, instance, definitions, resources, None)[0] == "posted 1 run failure(s)"
@@ -252,9 +281,9 @@ def test_a_run_alert_names_the_asset_partition_cause_lines_and_run(slack, resour
         assert "assets daily_kpi; partition 2026-03-10" in blocks and "second: event e2" in blocks
 
 
-def test_a_killed_step_worker_says_it_was_killed(slack, resources):
+def test_a_killed_step_worker_says_it_was_killed(slack, resources, make_instance):
     definitions = Definitions(jobs=[killed_worker_job], sensors=[run_failure_alert_sensor])
-    with instance_for_test() as instance:
+    with make_instance() as instance:
         with execute_job(reconstructable(killed_worker_job), instance) as result:
             assert not result.success
         assert tick(run_failure_alert_sensor, instance, definitions, resources, None)[0] == "posted 1 run failure(s)"
@@ -262,9 +291,9 @@ def test_a_killed_step_worker_says_it_was_killed(slack, resources):
         assert "step killed:" in text and "signal 9 (SIGKILL)" in text, text
 
 
-def test_a_run_failed_from_outside_says_what_the_engine_saw(slack, resources):
+def test_a_run_failed_from_outside_says_what_the_engine_saw(slack, resources, make_instance):
     definitions = Definitions(jobs=[broken_job], sensors=[run_failure_alert_sensor])
-    with instance_for_test() as instance:
+    with make_instance() as instance:
         run = instance.create_run_for_job(broken_job)
         # what the code server records when a run worker process dies (dagster/_grpc/server.py)
         instance.report_engine_event("Run execution process for x was terminated by signal 9 (SIGKILL).", run)
@@ -275,3 +304,43 @@ def test_a_run_failed_from_outside_says_what_the_engine_saw(slack, resources):
             "    This run has been marked as failed from outside the execution context.",
             "    Run execution process for x was terminated by signal 9 (SIGKILL).",
         ]
+
+
+# --- a dbt test failing in a real run of the project's dbt assets, on both backends ---------
+
+
+def test_a_failing_dbt_test_alerts_with_the_test_name_its_message_and_the_failing_rows(warehouse, slack, resources):
+    from kpi_pipelines import rollups
+    from kpi_pipelines.kpis.store import Metric, replace_daily_metrics
+    from kpi_pipelines.rollups import rollups_dbt_resource
+    from kpi_pipelines.warehouse import WarehouseResource
+
+    dbt = rollups_dbt_resource(WarehouseResource(url=warehouse.url.render_as_string(hide_password=False),
+                                                 schema_name=warehouse.schema or ""))
+    day = dt.date(2026, 3, 10)  # the warehouse's tables (created on first use) and one rate above 1
+    replace_daily_metrics(warehouse, "business_metrics", day, day + dt.timedelta(days=1),
+                          [Metric("business.conversion_rate", 1.5, day), Metric("business.ctr_rate", 0.5, day)])
+    warehouse.dispose()  # DuckDB: dbt's process writes the file
+    run = dbt.cli(["run"], raise_on_error=False)  # every model (the rollup tables the views read)
+    run.wait()
+    assert run.is_successful(), run.get_error()
+
+    definitions = Definitions(assets=[rollups.rollup_models, rollups.rollup_views], resources={"dbt": dbt, **resources},
+                              sensors=[run_failure_alert_sensor, failed_asset_check_sensor])
+    # the instance on the warehouse's kind of database: SQLite files beside DuckDB, PostgreSQL beside PostgreSQL
+    with dagster_instance("sqlite" if warehouse.duckdb_path else "postgresql") as instance:
+        result = materialize([rollups.rollup_views], instance=instance, resources={"dbt": dbt}, raise_on_error=False)
+        assert not result.success
+        test_name = "rates_within_unit_interval_kpi_metrics_all_metric_value"
+        assert tick(run_failure_alert_sensor, instance, definitions, resources, None)[0] == "posted 1 run failure(s)"
+        assert tick(failed_asset_check_sensor, instance, definitions, resources, None)[0] == "posted 1 failed asset check(s)"
+    run_text, check_text = (post.body["text"] for post in slack.posts())
+    lines = run_text.splitlines()
+    assert lines[1].startswith(f"- run {result.run_id[:8]} of job __ephemeral_asset_job__ failed (assets kpi_metrics_all)")
+    assert lines[2] == "    step rollup_views: DagsterDbtCliRuntimeError: dbt failed with exit code 1"
+    assert lines[3] == f"    Failure in test {test_name} (models/marts/marts.yml)"
+    # the day's 1.5 and the weekly mean of that one day (rollup_daily_kpis_weekly), 1.5 too
+    assert lines[4] == "    Got 2 results, configured to fail if != 0"
+    assert f"http://dagster.test:3000/runs/{result.run_id}" in lines[1]
+    assert check_text.splitlines()[1].startswith(f"- check {test_name} on kpi_metrics_all failed (ERROR")
+    assert "    failed_row_count=2" in check_text.splitlines()

@@ -132,6 +132,8 @@ PARTITION_TAG, RANGE_START_TAG, RANGE_END_TAG = (
 WAIT_FOR_RETRY_SECONDS = 600  # a retry announced (will_retry) but not launched by then is reported as final
 CAUSE_LINES = 8
 DBT_ERRORS_MARKER = "Errors parsed from dbt logs:"  # dagster-dbt's DagsterDbtCliRuntimeError text
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+DBT_NOISE = re.compile(r"\d+ of \d+ (FAIL|ERROR)\b|compiled code at ")
 OUTSIDE_FAILURE = "marked as failed from outside the execution context"  # report_run_failed's default message
 
 
@@ -150,7 +152,10 @@ def _cause_lines(error: Any) -> list[str]:
         return _lines(head)[:CAUSE_LINES]
     code = re.search(r"exit code `?(-?\d+)", head)
     summary = f"{error.cls_name}: dbt failed" + (f" with exit code {code.group(1)}" if code else "")
-    return [summary, *_lines(dbt_errors)][:CAUSE_LINES]
+    # dbt's error lines carry terminal colours, progress lines ("12 of 13 FAIL 2 name ....")
+    # and paths of compiled SQL: keep the messages
+    messages = [line for line in _lines(ANSI_ESCAPE.sub("", dbt_errors)) if not DBT_NOISE.match(line)]
+    return [summary, *messages][:CAUSE_LINES]
 
 
 def _run_cause(entry: Any, steps: Sequence[Any], engine: Sequence[Any]) -> list[str]:
@@ -188,26 +193,30 @@ def _partitions_text(partitions: Sequence[str]) -> str:
 
 
 def _run_failure_details(instance: Any, entry: Any, run: Any) -> tuple[list[str], str, list[str]]:
-    """(the assets of the failed steps that did not materialize, else all their assets; the
-    partition(s) of the run; the cause's first lines), from one read of the run's event log."""
+    """(the assets of the failed steps that did not materialize or failed a check, else all
+    their assets; the partition(s) of the run; the cause's first lines), from one read of the
+    run's event log."""
     logs = instance.all_logs(
         entry.run_id,
         of_type={
-            DagsterEventType.STEP_FAILURE, DagsterEventType.ENGINE_EVENT,
+            DagsterEventType.STEP_FAILURE, DagsterEventType.ENGINE_EVENT, DagsterEventType.ASSET_CHECK_EVALUATION,
             DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.ASSET_MATERIALIZATION,
         },
     )
     steps = [e for e in logs if e.dagster_event.event_type == DagsterEventType.STEP_FAILURE]
     engine = [e for e in logs if e.dagster_event.event_type == DagsterEventType.ENGINE_EVENT]
     failed_steps = {e.step_key for e in steps}
-    planned, materialized = {}, set()
+    planned, materialized, checked = {}, set(), set()
     for e in logs:
         event = e.dagster_event
         if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
             materialized.add(event.asset_key.to_user_string())
+        elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION and not event.event_specific_data.passed:
+            checked.add(event.event_specific_data.asset_key.to_user_string())
         elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED and (not failed_steps or e.step_key in failed_steps):
             planned.setdefault(event.asset_key.to_user_string(), []).append(event.partition)
-    assets = sorted(set(planned) - materialized) or sorted(planned)
+    # not materialized, or materialized with a failed check (dbt: the model built, its test failed)
+    assets = sorted((set(planned) - materialized) | (set(planned) & checked)) or sorted(planned)
     tags = run.tags if run is not None else {}
     if tags.get(PARTITION_TAG):
         partition = tags[PARTITION_TAG]
