@@ -38,10 +38,16 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _warehouse(settings: Settings):
+def _warehouse(settings: Settings, interactive: bool = False):
+    """`interactive`: a read a person waits on, bounded by KPI_WAREHOUSE_STATEMENT_TIMEOUT."""
     from kpi_pipelines.warehouse import Warehouse
 
-    return Warehouse(settings.warehouse_url, settings.warehouse_schema or None)
+    return Warehouse(
+        settings.warehouse_url,
+        settings.warehouse_schema or None,
+        connect_timeout=settings.connect_timeout,
+        statement_timeout=settings.statement_timeout if interactive else None,
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -177,7 +183,7 @@ def query_metrics(
     if end:
         where.append('"timestamp" < :end')
         params["end"] = dt.datetime.combine(end + dt.timedelta(days=1), dt.time())
-    rows = _warehouse(settings).query(
+    rows = _warehouse(settings, interactive=True).query(
         'SELECT metric_name, metric_value, dimensions, "timestamp", aggregation_level FROM kpi_metrics '
         f"WHERE {' AND '.join(where)} ORDER BY metric_name, aggregation_level, \"timestamp\", dimensions",
         params,

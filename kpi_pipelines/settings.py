@@ -3,16 +3,19 @@ and default. Read at the edges only (definitions, the CLI), never deep in the co
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
 
 from kpi_pipelines.ingestion.pii import DEVELOPMENT_SALT
-from kpi_pipelines.warehouse import DEFAULT_WAREHOUSE_URL
+from kpi_pipelines.warehouse import DEFAULT_CONNECT_TIMEOUT, DEFAULT_WAREHOUSE_URL
 
 DEFAULTS = {
     "KPI_WAREHOUSE_URL": DEFAULT_WAREHOUSE_URL,
     "KPI_WAREHOUSE_SCHEMA": "",
+    "KPI_WAREHOUSE_CONNECT_TIMEOUT": f"{DEFAULT_CONNECT_TIMEOUT:g}",  # seconds, every connection
+    "KPI_WAREHOUSE_STATEMENT_TIMEOUT": "30",  # seconds, statements of `kpi serve` and `kpi metrics`
     "KPI_SOURCE_DB_URL": "",
     "KPI_PII_SALT": DEVELOPMENT_SALT,
     "KPI_LANDING_DIR": "data/landing",
@@ -58,12 +61,26 @@ def choice_setting(name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def seconds_setting(name: str) -> float:
+    """A positive number of seconds; a ValueError naming the variable otherwise."""
+    text = setting(name).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}={text!r}: expected a positive number of seconds")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     warehouse_url: str
     warehouse_schema: str
     pii_salt: str
     landing_dir: str
+    connect_timeout: float
+    statement_timeout: float
 
     @classmethod
     def from_env(cls, warn_salt: bool = False) -> "Settings":
@@ -78,6 +95,8 @@ class Settings:
             warehouse_schema=setting("KPI_WAREHOUSE_SCHEMA"),
             pii_salt=setting("KPI_PII_SALT"),
             landing_dir=setting("KPI_LANDING_DIR"),
+            connect_timeout=seconds_setting("KPI_WAREHOUSE_CONNECT_TIMEOUT"),
+            statement_timeout=seconds_setting("KPI_WAREHOUSE_STATEMENT_TIMEOUT"),
         )
 
 

@@ -2,12 +2,20 @@
 
 `create_app()` reads the environment (docs/api.md, "Configuration"); uvicorn calls it as a
 factory (`kpi_pipelines.api.app:create_app`), once per worker process.
+
+Every call that may block on the warehouse or the disk runs through `in_thread`: a daemon
+thread, awaited for at most the warehouse's timeouts. So a database that accepts
+connections but never answers gets a 503 with `Retry-After`, and on SIGTERM the process
+exits within SHUTDOWN_SECONDS (anyio's worker threads are joined at exit, and one stuck on
+such a database would keep the process alive).
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
+import functools
 import gc
 import io
 import json
@@ -17,7 +25,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Security
 from fastapi.encoders import jsonable_encoder
@@ -25,8 +33,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 
 from kpi_pipelines.api.config import MAX_EVENTS, ApiSettings
@@ -332,6 +340,37 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+T = TypeVar("T")
+
+
+async def in_thread(call: Callable[[], T], deadline: float) -> T:
+    """`call()` in a new daemon thread, awaited for at most `deadline` seconds; past it,
+    `Unavailable` (503). The call may still finish: a write is then stored but not
+    acknowledged, and its retry is counted as duplicates."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = call(), None
+        except BaseException as caught:  # noqa: BLE001  (handed to the awaiting request)
+            result, error = None, caught
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: the server stopped, no one is waiting
+            pass
+
+    threading.Thread(target=run, name="kpi-api-call", daemon=True).start()
+    try:
+        return await asyncio.wait_for(future, deadline)
+    except TimeoutError:
+        raise Unavailable(f"the warehouse did not answer within {deadline:g} s", retry_after=5) from None
+
+
 # --------------------------------------------------------------------------- the app
 
 
@@ -355,7 +394,14 @@ class ApiState:
                 Path(database), settings.warehouse_schema or None, settings.snapshot_seconds, settings.snapshot_minute_days
             )
         else:
-            self.warehouse = Warehouse(settings.warehouse_url, settings.warehouse_schema or None)
+            self.warehouse = Warehouse(
+                settings.warehouse_url,
+                settings.warehouse_schema or None,
+                connect_timeout=settings.connect_timeout,
+                statement_timeout=settings.statement_timeout,
+            )
+        # a request waits this long for the warehouse: its own timeouts normally answer first
+        self.deadline = settings.connect_timeout + settings.statement_timeout + 2
         self._collector: Collector | None = None
         self._collector_lock = threading.Lock()
 
@@ -380,6 +426,16 @@ class ApiState:
     def close(self) -> None:
         if self._collector is not None:
             self._collector.close()
+
+    def off_loop(self, route: Callable[..., T]) -> Callable[..., Any]:
+        """A blocking route as an async one whose work runs `in_thread` (same signature, so
+        FastAPI resolves the same parameters)."""
+
+        @functools.wraps(route)
+        async def wrapper(*args: Any, **kwargs: Any) -> T:
+            return await in_thread(lambda: route(*args, **kwargs), self.deadline)
+
+        return wrapper
 
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer KEY`, a key of KPI_API_KEYS")
@@ -451,7 +507,7 @@ def metric_query(
     if dimensions is not None:
         try:
             exact = json.loads(dimensions)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InputError(("query", "dimensions"), "dimensions: not a JSON object") from None
         _check_dimensions(exact, ("query", "dimensions"))
     contains: dict[str, str] = {}
@@ -468,6 +524,16 @@ def metric_query(
     if len(contains) > 10:
         raise InputError(("query", "dim"), "dim.*: at most 10 dimension filters")
     return MetricQuery(start_day, end_day, (), aggregation_level, exact, contains, limit)
+
+
+def _nul_parameter(request: Request) -> Response | None:
+    """422 for a query parameter holding U+0000 (PostgreSQL text cannot hold it; no
+    parameter needs it), before any route reads it."""
+    for key, value in request.query_params.multi_items():
+        if "\x00" in key or "\x00" in value:
+            name = key.replace("\x00", "\\x00")
+            return problem(422, ("query", name), f"query parameter {name}: holds the NUL character (U+0000)")
+    return None
 
 
 def _check_dimensions(value: Any, loc: tuple[str, ...]) -> None:
@@ -537,16 +603,24 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def _store(request: Request, error: StoreUnavailable) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"})
 
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, error: ClientDisconnect) -> Response:
+        # the client left before its body arrived (or sent more than its Content-Length, the
+        # rest being a bad next request): nobody reads this answer, and nothing is wrong here
+        return Response(status_code=400)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=getattr(error, "headers", None))
 
     @app.middleware("http")
     async def _headers(request: Request, call_next):
-        response = await call_next(request)
+        path = request.url.path
+        response = _nul_parameter(request) if path.startswith("/api/") else None
+        if response is None:
+            response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
-        path = request.url.path
         if path.startswith("/api/") or path == "/healthz":
             response.headers.setdefault("Cache-Control", "no-store")
         else:
@@ -561,8 +635,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     # ------------------------------------------------------------------ health
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
-    def healthz() -> Response:
+    async def healthz() -> Response:
         """The warehouse can be read (or is busy with a writer) and events can be stored. No key needed."""
+        try:
+            warehouse, collector = await in_thread(_check_health, state.deadline)
+        except Unavailable as error:
+            warehouse, collector = {"dialect": state.dialect, "ok": False, "detail": str(error)}, {"ok": False}
+        ok = warehouse["ok"] and collector["ok"]
+        body = {"status": "ok" if ok else "unavailable", "warehouse": warehouse, "collector": collector}
+        return _json_response(body, 200 if ok else 503, None if ok else {"Retry-After": "5"})
+
+    def _check_health() -> tuple[dict[str, Any], dict[str, Any]]:
         warehouse: dict[str, Any] = {"dialect": state.dialect, "ok": True}
         collector: dict[str, Any] = {"ok": True}
         if state.snapshots is not None:
@@ -584,9 +667,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 warehouse.update(ok=False, detail=text)
             collector["ok"] = warehouse["ok"]
-        ok = warehouse["ok"] and collector["ok"]
-        body = {"status": "ok" if ok else "unavailable", "warehouse": warehouse, "collector": collector}
-        return _json_response(body, 200 if ok else 503)
+        return warehouse, collector
 
     # ------------------------------------------------------------------ collector
 
@@ -627,7 +708,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             timings["store"] = time.perf_counter() - began - timings["parse"]
             return stored
 
-        result = await run_in_threadpool(store)
+        result = await in_thread(store, state.deadline)
         timings.update(result.timings)
         timings["total"] = time.perf_counter() - started
         headers = {"Server-Timing": ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in timings.items())}
@@ -675,7 +756,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             verify_signature(settings.webhook_secret, body, x_kpi_signature, x_kpi_timestamp)
         except SignatureError as error:
             raise HTTPException(401, str(error)) from None
-        result = await run_in_threadpool(lambda: state.collector().store(order_lines(body)))
+        result = await in_thread(lambda: state.collector().store(order_lines(body)), state.deadline)
         return _json_response(result.as_json(), 202)
 
     # ------------------------------------------------------------------ reading
@@ -713,6 +794,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         responses={**READ_ERRORS, 200: {"content": CSV_CONTENT}},
         tags=["metrics"],
     )
+    @state.off_loop
     def get_metrics(
         _key: Key,
         query: Annotated[MetricQuery, Depends(metric_query)],
@@ -748,6 +830,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return _json_response(body, headers=headers)
 
     def _kpi_route(path: str, summary: str, names: tuple[str, ...]) -> None:
+        @state.off_loop
         def endpoint(_key: Key, query: Annotated[MetricQuery, Depends(metric_query)], format: Format = "json") -> Response:
             query = MetricQuery(**{**query.__dict__, "names": names})
             rows, truncated, headers = _metrics(query)
@@ -797,6 +880,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         responses={**READ_ERRORS, 200: {"content": CSV_CONTENT}},
         tags=["alerts"],
     )
+    @state.off_loop
     def get_alerts(_key: Key, format: Format = "json") -> Response:
         """Active and suppressed alert instances, newest first ([] before the alert manager has run)."""
         reader = state.reader()

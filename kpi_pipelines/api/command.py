@@ -48,7 +48,7 @@ def check_settings():
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None, log_level: str = "info") -> None:
     import uvicorn
 
-    from kpi_pipelines.api.config import ConfigError, default_workers
+    from kpi_pipelines.api.config import SHUTDOWN_SECONDS, ConfigError, default_workers
 
     try:
         check_settings()
@@ -63,7 +63,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
         workers=workers,
         log_level=log_level,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
     )
 
 

@@ -9,6 +9,7 @@ from kpi_pipelines.settings import Settings, setting
 
 MAX_EVENTS = 10_000  # events (lines) per POST, the contract's limit
 WEBHOOK_TOLERANCE_SECONDS = 300
+SHUTDOWN_SECONDS = 3  # on SIGTERM, requests still running after this are dropped (docs/api.md)
 
 
 class ConfigError(ValueError):
@@ -32,6 +33,8 @@ class ApiSettings:
     warehouse_schema: str
     pii_salt: str
     landing_dir: str
+    connect_timeout: float
+    statement_timeout: float
     api_keys: tuple[str, ...] = field(repr=False)
     webhook_secret: str = field(repr=False)
     rate_per_second: float
@@ -49,6 +52,8 @@ class ApiSettings:
             warehouse_schema=base.warehouse_schema,
             pii_salt=base.pii_salt,
             landing_dir=base.landing_dir,
+            connect_timeout=base.connect_timeout,
+            statement_timeout=base.statement_timeout,
             api_keys=keys,
             webhook_secret=setting("KPI_WEBHOOK_SECRET"),
             rate_per_second=_number("KPI_API_RATE_PER_SECOND", float, 0.001),

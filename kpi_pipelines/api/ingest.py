@@ -23,7 +23,9 @@ import codecs
 import datetime as dt
 import fcntl
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -32,7 +34,7 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 
@@ -131,33 +133,105 @@ def _json_list_lines(body: bytes, max_events: int) -> list[bytes]:
         raise BodyError(422, ("body",), "body: empty; send a JSON list of events")
     try:
         value = _loads(body)
-        dumps = _dumps
     except ValueError:
-        value, dumps = _stdlib_json(body)
+        return _list_items_as_written(body, max_events)
     if not isinstance(value, list):
-        raise BodyError(422, ("body",), f"body: expected a JSON list of events, got a JSON {type(value).__name__ if value is not None else 'null'}")
+        raise BodyError(422, ("body",), f"body: expected a JSON list of events, got {_json_kind(value)}")
     if len(value) > max_events:
         raise BodyError(413, ("body",), f"body: {len(value)} events; at most {max_events} a request")
-    lines = [dumps(item) for item in value]
+    lines = [_dumps(item) for item in value]
     _check_line_sizes(lines)
     return lines
 
 
-def _stdlib_json(body: bytes) -> tuple[Any, Any]:
-    """orjson refuses a few valid JSON texts (integers beyond 64 bits); the standard library
-    takes them. NaN and Infinity are not JSON and stay refused."""
+def _json_kind(value: Any) -> str:
+    return f"a JSON {type(value).__name__}" if value is not None else "JSON null"
 
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
 
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _decoder(**numbers: Callable[[str], Any]) -> json.JSONDecoder:
+    return json.JSONDecoder(parse_constant=_no_constant, **numbers)
+
+
+def _text(body: bytes) -> str:
     try:
-        text = body.decode("utf-8")
-        value = json.loads(text, parse_constant=no_constants)
+        return body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise BodyError(422, ("body",), f"body: not UTF-8 text (byte {error.start})") from None
-    except ValueError as error:
-        raise BodyError(422, ("body",), f"body: not valid JSON: {str(error).splitlines()[0]}") from None
-    return value, lambda item: json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _invalid(error: Exception) -> BodyError:
+    if isinstance(error, RecursionError):
+        return BodyError(422, ("body",), "body: JSON nested deeper than the parser's limit (about 1,000 levels)")
+    return BodyError(422, ("body",), f"body: not valid JSON: {str(error).splitlines()[0]}")
+
+
+def _list_items_as_written(body: bytes, max_events: int) -> list[bytes]:
+    """A JSON list orjson refuses (a lone surrogate escape, a number beyond a double, nesting
+    over its limit), split by the standard library into each item's own text: every event
+    reaches the loader as the client wrote it, and the loader rejects the bad ones one by one
+    with a reason. Numbers are kept as text (no conversion limit); raw line breaks can only
+    be whitespace between tokens (JSON strings cannot hold them), so they become spaces."""
+    text = _text(body)
+    decoder = _decoder(parse_int=str, parse_float=str)
+    position = _SPACE.match(text).end()
+    if not text.startswith("[", position):
+        try:
+            value = decoder.decode(text)
+        except (ValueError, RecursionError) as error:
+            raise _invalid(error) from None
+        raise BodyError(422, ("body",), f"body: expected a JSON list of events, got {_json_kind(value)}")
+    lines: list[bytes] = []
+    position = _SPACE.match(text, position + 1).end()
+    closed = text.startswith("]", position)
+    while not closed:
+        try:
+            _, end = decoder.raw_decode(text, position)
+        except (ValueError, RecursionError) as error:
+            raise _invalid(error) from None
+        lines.append(text[position:end].replace("\n", " ").replace("\r", " ").encode("utf-8"))
+        if len(lines) > max_events:
+            raise BodyError(413, ("body",), f"body: more than {max_events} events; at most {max_events} a request")
+        position = _SPACE.match(text, end).end()
+        closed = text.startswith("]", position)
+        if not closed and not text.startswith(",", position):
+            raise BodyError(422, ("body",), f"body: not valid JSON: expected ',' or ']' at char {position}")
+        position = _SPACE.match(text, position + 1).end()
+    if position != len(text):
+        raise BodyError(422, ("body",), f"body: not valid JSON: extra data after the list at char {position}")
+    _check_line_sizes(lines)
+    return lines
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > 100:  # far beyond any field's range; Python refuses 4,300 digits
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is out of range")
+    return int(text)
+
+
+def _stdlib_json(body: bytes) -> tuple[Any, Callable[[Any], bytes]]:
+    """orjson refuses a few valid JSON texts (lone surrogate escapes, numbers beyond a double
+    or 64 bits); the standard library takes them. NaN and Infinity are not JSON and stay
+    refused, as do numbers no field can hold. The dumps keeps a lone surrogate as its
+    escape (`\\ud800`, which the loader rejects with a reason), all else as UTF-8."""
+    try:
+        value = _decoder(parse_float=_finite, parse_int=_integer).decode(_text(body))
+    except (ValueError, RecursionError) as error:
+        raise _invalid(error) from None
+    return value, lambda item: json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def _check_line_sizes(lines: list[bytes]) -> None:
@@ -515,13 +589,13 @@ def order_lines(body: bytes, max_events: int = MAX_EVENTS) -> list[bytes]:
     if not body.strip():
         raise BodyError(422, ("body",), "body: empty; send an order object or a list of orders")
     try:
-        value = _loads(body)
+        value, dumps = _loads(body), _dumps
     except ValueError:
-        value, _ = _stdlib_json(body)
+        value, dumps = _stdlib_json(body)
     orders = value if isinstance(value, list) else [value]
     if len(orders) > max_events:
         raise BodyError(413, ("body",), f"body: {len(orders)} orders; at most {max_events} a request")
-    lines = [_dumps(_order_event(order)) for order in orders]
+    lines = [dumps(_order_event(order)) for order in orders]
     _check_line_sizes(lines)
     return lines
 

@@ -3,10 +3,20 @@
 `Warehouse` is the plain object the loaders, KPI functions and CLI use; `WarehouseResource`
 is the Dagster resource that builds one from `KPI_WAREHOUSE_URL` / `KPI_WAREHOUSE_SCHEMA`.
 The schema is created or migrated on first use (see `schema.py`), so no step is manual.
+
+Timeouts (docs/decisions.md, "Warehouse timeouts"): every PostgreSQL connection gives up
+connecting after `connect_timeout` seconds and drops a peer that stops answering at the TCP
+level (keepalives), so nothing hangs on a server that accepts connections but never
+answers. A `statement_timeout` is for callers a person waits on (`kpi serve`, `kpi
+metrics`): PostgreSQL cancels a longer statement, lock waits included; DuckDB interrupts
+it. Batch work (Dagster runs, `kpi ingest`) has none: a backfill's statement may rightly
+run long. A timeout is raised as `WarehouseTimeout`, one line naming the setting. DuckDB
+never waits to open a file: one held by another process fails at once.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from contextlib import contextmanager
@@ -25,6 +35,7 @@ if TYPE_CHECKING:
 from kpi_pipelines.warehouse.schema import migrate
 
 DEFAULT_WAREHOUSE_URL = "duckdb:///data/kpi.duckdb"
+DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds (KPI_WAREHOUSE_CONNECT_TIMEOUT)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # ":name" parameters (not "::" casts), spelled "$name" for DuckDB's own API
 _NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -32,6 +43,10 @@ _NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 class WarehouseError(Exception):
     """A warehouse problem a person can act on (bad URL, unreachable server)."""
+
+
+class WarehouseTimeout(WarehouseError):
+    """The warehouse did not answer within a connect or statement timeout."""
 
 
 def parse_warehouse_url(url: str) -> URL:
@@ -67,11 +82,24 @@ class Warehouse:
     _engines: dict[tuple[str, str | None], Engine] = {}
     _lock = threading.Lock()
 
-    def __init__(self, url: str = DEFAULT_WAREHOUSE_URL, schema: str | None = None):
+    def __init__(
+        self,
+        url: str = DEFAULT_WAREHOUSE_URL,
+        schema: str | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        statement_timeout: float | None = None,
+    ):
+        """`connect_timeout`, `statement_timeout`: seconds (see the module doc); None: no
+        statement timeout."""
         self.url = parse_warehouse_url(url)
         if schema and not _IDENTIFIER.match(schema):
             raise WarehouseError(f"KPI_WAREHOUSE_SCHEMA {schema!r} is not a plain SQL identifier")
+        for name, value in (("connect", connect_timeout), ("statement", statement_timeout)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise WarehouseError(f"KPI_WAREHOUSE_{name.upper()}_TIMEOUT: {value!r} is not a positive number of seconds")
         self.schema = schema or None
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
         self.dialect = "duckdb" if self.url.get_backend_name() == "duckdb" else "postgresql"
 
     @property
@@ -94,8 +122,12 @@ class Warehouse:
         return self.schema or ("main" if self.dialect == "duckdb" else "public")
 
     @property
+    def _key(self) -> tuple[str, str | None, float, float | None]:
+        return (self.url.render_as_string(hide_password=False), self.schema, self.connect_timeout, self.statement_timeout)
+
+    @property
     def engine(self) -> Engine:
-        key = (self.url.render_as_string(hide_password=False), self.schema)
+        key = self._key
         with Warehouse._lock:
             engine = Warehouse._engines.get(key)
             if engine is None:
@@ -110,8 +142,23 @@ class Warehouse:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
             engine = sa.create_engine(self.url, poolclass=sa.pool.QueuePool, pool_size=4)
+            if self.statement_timeout:
+                _interrupt_after(engine, self.statement_timeout)
         else:
-            engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+            # libpq counts whole seconds, at least 2; keepalives drop a silent peer after
+            # about four connect timeouts (idle, then three unanswered probes)
+            seconds = max(2, math.ceil(self.connect_timeout))
+            connect_args = {
+                "connect_timeout": seconds,
+                "keepalives": 1,
+                "keepalives_idle": seconds,
+                "keepalives_interval": seconds,
+                "keepalives_count": 3,
+            }
+            engine = sa.create_engine(
+                self.url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args=connect_args
+            )
+        statement_ms = str(math.ceil(self.statement_timeout * 1000)) if self.statement_timeout else None
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -123,6 +170,8 @@ class Warehouse:
                     cursor.execute(f"USE {schema}")
             else:
                 cursor.execute("SET TIME ZONE 'UTC'")
+                if statement_ms:  # lock waits count in it: a locked table cannot hang a statement
+                    cursor.execute("SELECT set_config('statement_timeout', %s, false)", (statement_ms,))
                 if schema:
                     cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
                     cursor.execute(f"SET search_path TO {schema}")
@@ -136,22 +185,48 @@ class Warehouse:
             raise
         except Exception as error:  # unreachable server, locked file, bad credentials
             engine.dispose()
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise WarehouseError(f"cannot open the warehouse {self.display_url}: {message}") from None
+            timeout = self._timeout(error)
+            message = str(timeout) if timeout else _first_line(error)
+            raise (WarehouseTimeout if timeout else WarehouseError)(
+                f"cannot open the warehouse {self.display_url}: {message}"
+            ) from None
         return engine
+
+    def _timeout(self, error: BaseException) -> WarehouseTimeout | None:
+        """`error` as a WarehouseTimeout naming the setting, or None if it is no timeout."""
+        cause = getattr(error, "orig", None) or error
+        if type(cause).__name__ == "ConnectionTimeout":  # psycopg's, raised when connect_timeout expires
+            return WarehouseTimeout(f"no answer within {self.connect_timeout:g} s (KPI_WAREHOUSE_CONNECT_TIMEOUT)")
+        if self.statement_timeout and (
+            getattr(cause, "sqlstate", None) == "57014" or type(cause).__name__ == "InterruptException"
+        ):
+            return WarehouseTimeout(
+                f"no answer within {self.statement_timeout:g} s (KPI_WAREHOUSE_STATEMENT_TIMEOUT): {_first_line(cause)}"
+            )
+        return None
+
+    @contextmanager
+    def _timeouts(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as error:
+            timeout = self._timeout(error)
+            if timeout is None:
+                raise
+            raise WarehouseTimeout(f"the warehouse {self.display_url}: {timeout}") from None
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A connection inside one transaction: committed on success, rolled back on error."""
-        with self.engine.begin() as connection:
+        with self._timeouts(), self.engine.begin() as connection:
             yield connection
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[sa.Row]:
-        with self.engine.connect() as connection:
+        with self._timeouts(), self.engine.connect() as connection:
             return list(connection.execute(sa.text(sql), dict(params or {})))
 
     def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
-        with self.engine.connect() as connection:
+        with self._timeouts(), self.engine.connect() as connection:
             return connection.execute(sa.text(sql), dict(params or {})).scalar()
 
     def frame(self, sql: str, params: Mapping[str, Any] | None = None) -> "pd.DataFrame":
@@ -159,7 +234,7 @@ class Warehouse:
         objects); through pandas on PostgreSQL. For checks that need the rows themselves."""
         import pandas as pd
 
-        with self.engine.connect() as connection:
+        with self._timeouts(), self.engine.connect() as connection:
             if self.dialect == "duckdb":
                 raw = connection.connection.driver_connection
                 return raw.execute(_NAMED_PARAMETER.sub(r"$\1", sql), dict(params or {})).df()
@@ -167,11 +242,38 @@ class Warehouse:
 
     def dispose(self) -> None:
         """Close pooled connections (releases DuckDB's file lock held by this process)."""
-        key = (self.url.render_as_string(hide_password=False), self.schema)
         with Warehouse._lock:
-            engine = Warehouse._engines.pop(key, None)
+            engine = Warehouse._engines.pop(self._key, None)
         if engine is not None:
             engine.dispose()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _interrupt_after(engine: Engine, seconds: float) -> None:
+    """DuckDB has no statement timeout: a timer interrupts a statement still running after
+    `seconds` (DuckDB raises InterruptException in the statement's thread)."""
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _arm(connection: Connection, *_args: Any) -> None:
+        timer = threading.Timer(seconds, connection.connection.driver_connection.interrupt)
+        timer.daemon = True
+        timer.start()
+        connection.info["kpi_statement_timer"] = timer
+
+    @sa.event.listens_for(engine, "after_cursor_execute")
+    def _disarm(connection: Connection, *_args: Any) -> None:
+        timer = connection.info.pop("kpi_statement_timer", None)
+        if timer is not None:
+            timer.cancel()
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _disarm_on_error(context: Any) -> None:
+        if context.connection is not None:
+            _disarm(context.connection)
 
 
 def release_duckdb_file(url: str) -> int:
@@ -182,13 +284,17 @@ def release_duckdb_file(url: str) -> int:
     if parsed.get_backend_name() != "duckdb" or not parsed.database:
         return 0
     target = Path(parsed.database).expanduser().absolute()
-    closed = 0
-    for engine_url, schema in list(Warehouse._engines):
-        other = parse_warehouse_url(engine_url)
-        if other.get_backend_name() == "duckdb" and other.database and Path(other.database).expanduser().absolute() == target:
-            Warehouse(engine_url, schema).dispose()
-            closed += 1
-    return closed
+    with Warehouse._lock:
+        engines = [
+            Warehouse._engines.pop(key)
+            for key in list(Warehouse._engines)
+            if (other := parse_warehouse_url(key[0])).get_backend_name() == "duckdb"
+            and other.database
+            and Path(other.database).expanduser().absolute() == target
+        ]
+    for engine in engines:
+        engine.dispose()
+    return len(engines)
 
 
 class WarehouseResource(ConfigurableResource):
