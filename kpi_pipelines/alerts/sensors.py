@@ -9,7 +9,11 @@
   and post directly to the rules file's `dagster_alerts` channels. Their cursor moves past
   an event only once it was delivered: a failed post is tried again on the next tick
   (at-least-once). Dagster does not fail a run when a non-blocking check fails, so the check
-  sensor is how those failures reach people.
+  sensor is how those failures reach people. Without a cursor they report the last hour only.
+  One incident is one alert: a run that Dagster's run retries will retry is reported by its
+  final attempt, a failed check once per check, partition and first run. An alert carries
+  what failed and why (assets, partition, the cause's first lines, dbt's failing tests), read
+  from the run's event log.
 """
 
 
@@ -158,14 +162,17 @@ def _cause_lines(error: Any) -> list[str]:
     return [summary, *messages][:CAUSE_LINES]
 
 
+def _error(entry: Any) -> Any:
+    return getattr(entry.dagster_event.event_specific_data, "error", None)
+
+
 def _run_cause(entry: Any, steps: Sequence[Any], engine: Sequence[Any]) -> list[str]:
     """Why a run failed: its failed steps' errors (and what the engine saw of a step worker
     that crashed); else the run's own error or message; for a run failed from outside (a
     killed run worker) the engine's last word before it."""
     lines: list[str] = []
     for step in steps:
-        error = getattr(step.dagster_event.event_specific_data, "error", None)
-        cause = _cause_lines(error) if error is not None else _lines(step.dagster_event.message)
+        cause = _cause_lines(_error(step)) if _error(step) is not None else _lines(step.dagster_event.message)
         crash = [_lines(e.dagster_event.message)[0] for e in engine if e.step_key == step.step_key and _error(e) and e.dagster_event.message]
         lines += [f"step {step.step_key}: {cause[0] if cause else 'failed'}", *crash, *cause[1:]]
     if lines:
@@ -179,10 +186,6 @@ def _run_cause(entry: Any, steps: Sequence[Any], engine: Sequence[Any]) -> list[
     with_error = [e for e in before if _error(e) is not None]
     last = _cause_lines(_error(with_error[-1])) if with_error else _lines(before[-1].dagster_event.message) if before else []
     return [_lines(message)[0], *last][:CAUSE_LINES]
-
-
-def _error(entry: Any) -> Any:
-    return getattr(entry.dagster_event.event_specific_data, "error", None)
 
 
 def _partitions_text(partitions: Sequence[str]) -> str:
@@ -206,7 +209,8 @@ def _run_failure_details(instance: Any, entry: Any, run: Any) -> tuple[list[str]
     steps = [e for e in logs if e.dagster_event.event_type == DagsterEventType.STEP_FAILURE]
     engine = [e for e in logs if e.dagster_event.event_type == DagsterEventType.ENGINE_EVENT]
     failed_steps = {e.step_key for e in steps}
-    planned, materialized, checked = {}, set(), set()
+    planned: dict[str, list[str | None]] = {}
+    materialized, checked = set(), set()
     for e in logs:
         event = e.dagster_event
         if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
