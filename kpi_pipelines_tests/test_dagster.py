@@ -131,8 +131,9 @@ def test_a_requested_file_an_earlier_run_loaded_and_removed_is_skipped(duckdb_wa
         assert not early.exists()
         result = job.execute_in_process(instance=instance, partition_key="2026-03-10", run_config=requested)
         assert result.success
-        # a file that never was loaded and is missing still fails the run, naming the file
-        missing = {"ops": {"raw_events": {"config": {"files": [str(landing / "never.jsonl")]}}}}
+        # a file given outside the landing directory that is missing fails the run, naming it
+        # (a missing landing file is reported by a check: test_landing_quarantine.py)
+        missing = {"ops": {"raw_events": {"config": {"files": [str(tmp_path / "never.jsonl")]}}}}
         failed = job.execute_in_process(instance=instance, partition_key="2026-03-10", run_config=missing, raise_on_error=False)
         assert not failed.success
         assert "never.jsonl: no such file" in str(failed.get_step_failure_events()[0].event_specific_data.error)
