@@ -138,7 +138,10 @@ def materialize(start: dt.date, end: dt.date, definitions: Any = None) -> Any:
         )
         if not result.success:
             failures = [event for event in result.all_events if event.is_step_failure]
-            detail = failures[0].event_specific_data.error.message.strip().splitlines()[0] if failures else "see the run's logs"
+            data = failures[0].event_specific_data if failures else None
+            # a step's final failure (kpi_pipelines.retries) describes its cause itself
+            described = data.user_failure_data.description if data and data.user_failure_data else None
+            detail = described or (data.error.message.strip().splitlines()[0] if data else "see the run's logs")
             raise RuntimeError(f"run {result.run_id} failed: {detail}")
         return result
 

@@ -18,8 +18,6 @@ import psycopg
 import sqlalchemy as sa
 from dagster import Backoff, DagsterError, Failure, Jitter, RetryPolicy
 
-from kpi_pipelines.ingestion.loader import IngestError
-
 # Waits of about 5 s, 15 s and 35 s (each +/- 5 s): past a server restart or another
 # process's write, bounded at about a minute.
 TRANSIENT_RETRY_POLICY = RetryPolicy(max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
@@ -52,6 +50,8 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 
 def is_transient(error: BaseException) -> bool:
     """Whether `error`, or an error behind it, is a warehouse condition a retry can pass."""
+    from kpi_pipelines.ingestion.loader import IngestError  # kpi_pipelines.ingestion imports this module
+
     for current in _chain(error):
         if isinstance(current, IngestError):  # the file is bad, whatever DuckDB said reading it
             return False

@@ -5,6 +5,7 @@ the step's policy until it passes."""
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import subprocess
 import sys
@@ -173,8 +174,9 @@ def test_a_deterministic_failure_is_one_failed_run_that_is_not_retried(repositor
     assert not result.success
     assert len(_events(result, DagsterEventType.STEP_FAILURE)) == 1
     assert not _events(result, DagsterEventType.STEP_UP_FOR_RETRY)
-    failure = _events(result, DagsterEventType.STEP_FAILURE)[0].event_specific_data.error.to_string()
-    assert "kpi_metrics" in failure  # the real cause is kept
+    failure = _events(result, DagsterEventType.STEP_FAILURE)[0].event_specific_data
+    assert "kpi_metrics" in failure.error.to_string()  # the real cause is kept
+    assert "kpi_metrics" in failure.user_failure_data.description
     runs = [run for run in instance.get_runs() if run.tags.get("kpi/test") == tag]
     assert len(runs) == 1 and runs[0].is_failure
     assert runs[0].tags[WILL_RETRY] == "false"  # the run-retry daemon leaves it alone
@@ -184,6 +186,21 @@ def test_a_deterministic_failure_is_one_failed_run_that_is_not_retried(repositor
     with instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 2}}) as former:
         again = job.execute_in_process(instance=former, partition_key=DAY, asset_selection=[AssetKey("business_metrics")], raise_on_error=False)
         assert former.get_run_by_id(again.run_id).tags[WILL_RETRY] == "true"
+
+
+def test_kpi_materialize_names_the_cause_of_a_final_failure_in_one_line(warehouse, tmp_path, monkeypatch, write_events):
+    from kpi_pipelines import cli
+
+    load_events(warehouse, write_events, [event("e1", timestamp=f"{DAY}T10:00:00Z")])
+    with warehouse.begin() as connection:
+        connection.execute(sa.text("DROP VIEW kpi_metrics_all"))
+        connection.execute(sa.text("DROP TABLE kpi_metrics"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    with pytest.raises(RuntimeError) as failed:
+        cli.materialize(dt.date(2026, 3, 10), dt.date(2026, 3, 10), definitions=definitions_for(warehouse))
+    message = str(failed.value)
+    assert "\n" not in message and message.startswith("run ") and "kpi_metrics" in message
+    assert "dagster._core" not in message  # the cause, not Dagster's wrapper
 
 
 def _run_in_thread(job, instance, asset: str) -> tuple[threading.Thread, dict]:

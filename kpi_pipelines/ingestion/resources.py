@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Literal
@@ -36,18 +37,28 @@ class EventIngestionResource(ConfigurableResource):
     def loader(self, warehouse: Warehouse) -> EventLoader:
         return EventLoader(warehouse, self.pii_salt)
 
-    def landing_files(self) -> list[Path]:
-        """Complete event files in the landing directory, oldest first. Writers create files
-        under a hidden or `.tmp` name and rename them when complete, so those are skipped."""
+    def landing_files_stamped(self) -> list[tuple[int, Path]]:
+        """(modification time in ns, path) of the complete event files in the landing
+        directory, oldest first. Writers create files under a hidden or `.tmp` name and
+        rename them when complete, so those are skipped; so is a file removed while listing
+        (a concurrent run loaded it)."""
         directory = Path(self.landing_dir)
         if not directory.is_dir():
             return []
-        files = [
-            path
-            for path in directory.iterdir()
-            if path.is_file() and not path.name.startswith(".") and path.name.endswith(EVENT_FILE_SUFFIXES)
-        ]
-        return sorted(files, key=lambda path: (path.stat().st_mtime_ns, path.name))
+        stamped = []
+        for path in directory.iterdir():
+            if path.name.startswith(".") or not path.name.endswith(EVENT_FILE_SUFFIXES):
+                continue
+            try:
+                status = path.stat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(status.st_mode):
+                stamped.append((status.st_mtime_ns, path))
+        return sorted(stamped, key=lambda item: (item[0], item[1].name))
+
+    def landing_files(self) -> list[Path]:
+        return [path for _, path in self.landing_files_stamped()]
 
     def in_landing_dir(self, path: Path) -> bool:
         return path.parent.resolve() == Path(self.landing_dir).resolve()

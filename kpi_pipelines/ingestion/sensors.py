@@ -25,15 +25,15 @@ from kpi_pipelines.ingestion.resources import EventIngestionResource
 def landing_sensor(context: SensorEvaluationContext, ingestion: EventIngestionResource):
     after = json.loads(context.cursor) if context.cursor else None
     new = [
-        path
-        for path in ingestion.landing_files()
-        if after is None or [path.stat().st_mtime_ns, path.name] > after
+        (mtime, path)
+        for mtime, path in ingestion.landing_files_stamped()
+        if after is None or [mtime, path.name] > after
     ]
     if not new:
         return SkipReason(f"no new event files in {ingestion.landing_dir}")
-    newest = new[-1]
-    context.update_cursor(json.dumps([newest.stat().st_mtime_ns, newest.name]))
-    names = [str(path) for path in new]
+    newest_mtime, newest = new[-1]
+    context.update_cursor(json.dumps([newest_mtime, newest.name]))
+    names = [str(path) for _, path in new]
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
     return RunRequest(
         run_key=hashlib.sha256("\n".join(names).encode()).hexdigest()[:32] + f"-{context.cursor}",
