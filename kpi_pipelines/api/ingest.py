@@ -139,7 +139,10 @@ def _json_list_lines(body: bytes, max_events: int) -> list[bytes]:
         raise BodyError(422, ("body",), f"body: expected a JSON list of events, got {_json_kind(value)}")
     if len(value) > max_events:
         raise BodyError(413, ("body",), f"body: {len(value)} events; at most {max_events} a request")
-    lines = [_dumps(item) for item in value]
+    try:
+        lines = [_dumps(item) for item in value]
+    except TypeError:  # orjson writes at most 254 levels of nesting (it reads 1,024)
+        return _list_items_as_written(body, max_events)
     _check_line_sizes(lines)
     return lines
 
@@ -222,16 +225,20 @@ def _integer(text: str) -> int:
     return int(text)
 
 
-def _stdlib_json(body: bytes) -> tuple[Any, Callable[[Any], bytes]]:
-    """orjson refuses a few valid JSON texts (lone surrogate escapes, numbers beyond a double
-    or 64 bits); the standard library takes them. NaN and Infinity are not JSON and stay
-    refused, as do numbers no field can hold. The dumps keeps a lone surrogate as its
-    escape (`\\ud800`, which the loader rejects with a reason), all else as UTF-8."""
+def _orders_by_stdlib(body: bytes, max_events: int) -> list[bytes]:
+    """The webhook's lines when orjson refuses the body (a lone surrogate escape, a number
+    beyond a double, nesting over its limits): the standard library takes it. NaN and
+    Infinity are not JSON and stay refused, as do numbers no field can hold. A lone
+    surrogate is written as its escape (`\\ud800`, which the loader rejects with a
+    reason), every other character as UTF-8."""
     try:
-        value = _decoder(parse_float=_finite, parse_int=_integer).decode(_text(body))
+        orders = _orders(_decoder(parse_float=_finite, parse_int=_integer).decode(_text(body)), max_events)
+        return [
+            json.dumps(_order_event(order), separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
+            for order in orders
+        ]
     except (ValueError, RecursionError) as error:
         raise _invalid(error) from None
-    return value, lambda item: json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def _check_line_sizes(lines: list[bytes]) -> None:
@@ -589,15 +596,18 @@ def order_lines(body: bytes, max_events: int = MAX_EVENTS) -> list[bytes]:
     if not body.strip():
         raise BodyError(422, ("body",), "body: empty; send an order object or a list of orders")
     try:
-        value, dumps = _loads(body), _dumps
-    except ValueError:
-        value, dumps = _stdlib_json(body)
+        lines = [_dumps(_order_event(order)) for order in _orders(_loads(body), max_events)]
+    except (ValueError, TypeError):  # orjson refuses the text, or to write nesting over 254 levels
+        lines = _orders_by_stdlib(body, max_events)
+    _check_line_sizes(lines)
+    return lines
+
+
+def _orders(value: Any, max_events: int) -> list[Any]:
     orders = value if isinstance(value, list) else [value]
     if len(orders) > max_events:
         raise BodyError(413, ("body",), f"body: {len(orders)} orders; at most {max_events} a request")
-    lines = [dumps(_order_event(order)) for order in orders]
-    _check_line_sizes(lines)
-    return lines
+    return orders
 
 
 _ENVELOPE_KEYS = ("id", "timestamp", "session_id", "user_id")
