@@ -7,10 +7,11 @@ import datetime as dt
 import gzip
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import pytest
 from dagster import AssetCheckSeverity, AssetKey, DagsterEventType, instance_for_test
 
 from kpi_pipelines import cli
@@ -19,6 +20,7 @@ from kpi_pipelines.warehouse import Warehouse
 from kpi_pipelines_tests.conftest import definitions_for, event
 
 DAY = "2026-03-10"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _lines(*events: dict) -> bytes:
@@ -201,15 +203,41 @@ def test_kpi_landing_lists_and_retries_a_fixed_file(warehouse, tmp_path, monkeyp
     assert warehouse.scalar("SELECT count(*) FROM quarantined_files") == 1  # the history stays
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file: no permission error to provoke")
+# Runs the landing run in a process of its own and prints what it saw (see below).
+_CHILD_RUN = """
+import json, sys
+from pathlib import Path
+from dagster import instance_for_test
+from kpi_pipelines.warehouse import Warehouse
+from kpi_pipelines_tests.test_landing_quarantine import _landing_check, _run_raw_events
+url, schema, landing = sys.argv[1:4]
+with instance_for_test() as instance:
+    result = _run_raw_events(Warehouse(url, schema or None), Path(landing), instance)
+check = _landing_check(result)
+print(json.dumps({"success": result.success, "passed": check.passed, "description": check.description}))
+"""
+
+
 def test_a_landing_file_that_cannot_be_opened_is_quarantined(warehouse, tmp_path):
     landing = _landing(tmp_path)
     locked = landing / "events-locked.jsonl"
     locked.write_bytes(_lines(event("x1")))
     locked.chmod(0)
     (landing / "good.jsonl").write_bytes(_lines(event("g1", timestamp=f"{DAY}T08:00:00Z")))
-    with instance_for_test() as instance:
-        result = _run_raw_events(warehouse, landing, instance)
-    assert result.success and not _landing_check(result).passed
-    assert (landing / "failed" / "events-locked.jsonl").exists()
+    # root reads any file: as root, the run goes to a process without the capabilities that
+    # let it ignore file permissions
+    drop = "-dac_override,-dac_read_search"
+    prefix = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"] if os.geteuid() == 0 else []
+    url = warehouse.url.render_as_string(hide_password=False)
+    child = subprocess.run(
+        [*prefix, sys.executable, "-c", _CHILD_RUN, url, warehouse.schema or "", str(landing)],
+        capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    assert report["success"] and not report["passed"] and "events-locked.jsonl" in report["description"]
+    moved = landing / "failed" / "events-locked.jsonl"
+    moved.chmod(0o600)
+    assert moved.read_bytes() == _lines(event("x1"))
+    assert "ermission denied" in (landing / "failed" / "events-locked.jsonl.error.txt").read_text()
     assert _stored_ids(warehouse) == {"g1"}

@@ -62,7 +62,7 @@ def test_the_policy_is_bounded():
     assert sum(max(TRANSIENT_RETRY_POLICY.calculate_delay(a) for _ in range(50)) for a in range(1, 4)) <= 70
 
 
-def test_duckdb_errors_are_told_apart(tmp_path, write_events):
+def test_duckdb_errors_are_told_apart(tmp_path):
     path = tmp_path / "w.duckdb"
     warehouse = Warehouse(f"duckdb:///{path}")
     warehouse.scalar("SELECT 1")
