@@ -799,7 +799,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         _key: Key,
         query: Annotated[MetricQuery, Depends(metric_query)],
         name: Annotated[
-            list[str] | None, Query(description="metric name or shell-style pattern (`retrieval.*`), repeatable")
+            list[str] | None,
+            Query(
+                description="metric name or shell-style pattern (`retrieval.*`), repeatable",
+                json_schema_extra={"maxItems": 50, "items": {"type": "string", "pattern": _NAME_PATTERN.pattern}},
+            ),
         ] = None,
         format: Format = "json",
     ) -> Response:
