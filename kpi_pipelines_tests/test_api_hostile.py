@@ -184,11 +184,12 @@ def test_a_content_length_shorter_than_the_body_logs_no_exception(duckdb_warehou
 
 ODD_TEXT = st.sampled_from(["\ud800", "\udfff", "\x00", "\u2028", "\ufeff", "\U0001F600", "é", '"', "\\"])
 TEXT = st.text(st.one_of(st.characters(codec="utf-8"), ODD_TEXT), max_size=12)
+NUMBERS_AS_TEXT = ("1e999", "-1e999", "1e-999", "-0", "9" * 400, "0.0000000000000000000000001")
 NUMBERS = st.one_of(
     st.integers(),
     st.integers(min_value=2**63, max_value=10**40),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from(["1e999", "-1e999", "1e-999", "-0", "9" * 400, "0.0000000000000000000000001"]),
+    st.sampled_from(NUMBERS_AS_TEXT),
 )
 LEAVES = st.one_of(st.none(), st.booleans(), NUMBERS, TEXT)
 VALUES = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4), max_leaves=12)
@@ -206,8 +207,6 @@ def to_json(value) -> str:
         return "{" + ",".join(f"{json.dumps(key)}:{to_json(item)}" for key, item in value.items()) + "}"
     return json.dumps(value)
 
-
-NUMBERS_AS_TEXT = {"1e999", "-1e999", "1e-999", "-0", "9" * 400, "0.0000000000000000000000001"}
 
 
 @st.composite
