@@ -54,26 +54,25 @@ def quarantine(warehouse: Warehouse, landing_dir: str, path: Path, reason: str, 
         target = failed / f"{time.time_ns()}-{path.name}"
     reason = mask_text(reason)
     try:
-        size = path.stat().st_size
-        shutil.move(path, target)
+        with warehouse.begin() as connection:  # the row commits only if the file moved
+            connection.execute(
+                sa.text(
+                    "INSERT INTO quarantined_files VALUES (:id, :landing_path, :failed_path, :size, :reason, :run_id, :now)"
+                ),
+                {
+                    "id": uuid.uuid4().hex,
+                    "landing_path": str(path),
+                    "failed_path": str(target),
+                    "size": path.stat().st_size,
+                    "reason": reason,
+                    "run_id": run_id,
+                    "now": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+                },
+            )
+            shutil.move(path, target)
     except FileNotFoundError:
         return None
     _sidecar(target).write_text(reason + "\n", encoding="utf-8")
-    with warehouse.begin() as connection:
-        connection.execute(
-            sa.text(
-                "INSERT INTO quarantined_files VALUES (:id, :landing_path, :failed_path, :size, :reason, :run_id, :now)"
-            ),
-            {
-                "id": uuid.uuid4().hex,
-                "landing_path": str(path),
-                "failed_path": str(target),
-                "size": size,
-                "reason": reason,
-                "run_id": run_id,
-                "now": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
-            },
-        )
     return Quarantined(target, reason)
 
 
