@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from dagster import Backoff, DagsterError, Failure, Jitter, RetryPolicy
 
 # Waits of about 5 s, 15 s and 35 s (each +/- 5 s): past a server restart or another
-# process's write, bounded at about a minute.
+# process's write, and at most 70 s in all.
 TRANSIENT_RETRY_POLICY = RetryPolicy(max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 
 # PostgreSQL SQLSTATEs of a retry-able condition: the connection classes (08, 57P01-3:
