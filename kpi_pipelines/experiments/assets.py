@@ -9,9 +9,9 @@ counts per variant; the statistics (`stats.py`) run on those totals only.
 """
 
 import datetime as dt
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, fields
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import sqlalchemy as sa
 from dagster import (
@@ -27,8 +27,9 @@ from dagster import (
 from pydantic import Field
 
 from kpi_pipelines.experiments.stats import VariantResult, VariantTotals, analyze_experiment
-from kpi_pipelines.kpis.checks import CHECK_NAME, kpi_rows_check
+from kpi_pipelines.kpis.checks import CHECK_NAME, kpi_rows_checks_by_day
 from kpi_pipelines.kpis.store import Metric, replace_daily_metrics
+from kpi_pipelines.partition_checks import DailyAssetEvent, day_check_events
 from kpi_pipelines.partitions import daily_partitions
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
 
@@ -208,20 +209,29 @@ class ExperimentResultsConfig(Config):
 )
 def experiment_results_asset(
     context: AssetExecutionContext, config: ExperimentResultsConfig, warehouse: WarehouseResource
-) -> MaterializeResult:
+) -> Iterator[DailyAssetEvent]:
     window = context.partition_time_window
     start, end = window.start.date(), window.end.date()
     wh = warehouse.get_warehouse()
     results = experiment_results(wh, start, end, config.traffic_weights)
-    result_rows = replace_experiment_results(wh, start, end, results)
-    metric_rows = replace_daily_metrics(wh, "experiment_results", start, end, result_metrics(results))
-    return MaterializeResult(
-        metadata={
-            "days": MetadataValue.int((end - start).days),
-            "experiments": MetadataValue.int(len({r.experiment_id for r in results})),
-            "result_rows": MetadataValue.int(result_rows),
-            "rows_written": MetadataValue.int(metric_rows),
-            "srm_flagged": MetadataValue.int(len({(r.day, r.experiment_id) for r in results if r.srm_flag})),
-        },
-        check_results=[kpi_rows_check(wh, "experiment_results", start, end)],
-    )
+    replace_experiment_results(wh, start, end, results)
+    metrics = result_metrics(results)
+    replace_daily_metrics(wh, "experiment_results", start, end, metrics)
+    metric_rows = Counter(metric.day for metric in metrics)
+    results_by_day: dict[dt.date, list[VariantResult]] = defaultdict(list)
+    for result in results:
+        results_by_day[result.day].append(result)
+    for day in (start + dt.timedelta(days=n) for n in range((end - start).days)):  # each day's own counts
+        day_results = results_by_day[day]
+        context.add_asset_metadata(
+            {
+                "experiments": MetadataValue.int(len({r.experiment_id for r in day_results})),
+                "result_rows": MetadataValue.int(len(day_results)),
+                "rows_written": MetadataValue.int(metric_rows[day]),
+                "srm_flagged": MetadataValue.int(len({r.experiment_id for r in day_results if r.srm_flag})),
+            },
+            partition_key=day.isoformat(),
+        )
+    yield MaterializeResult()
+    checks = kpi_rows_checks_by_day(wh, "experiment_results", start, end, metric_rows)
+    yield from day_check_events(context, {day: [result] for day, result in checks.items()})

@@ -3,15 +3,16 @@
 A domain supplies a plain function `compute(warehouse, start, end) -> list[Metric]` (set-based
 SQL plus pure functions, testable without Dagster); the asset reads its partition window,
 calls it, replaces its rows in `kpi_metrics`, checks them (a blocking GX asset check), and
-reports the values as metadata so the Dagster UI plots each KPI across partitions. Only a
-transient warehouse error (lost connection, lock) is retried (`kpi_pipelines.retries`).
+gives each day's materialization that day's headline values and check results, so the
+Dagster UI plots each KPI across partitions, ranged runs included (`partition_checks.py`).
+Only a transient warehouse error (lost connection, lock) is retried (`kpi_pipelines.retries`).
 """
 
 
 import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from dagster import (
     AssetCheckResult,
@@ -19,7 +20,6 @@ from dagster import (
     FreshnessPolicy,
     AssetExecutionContext,
     AssetKey,
-    AssetMaterialization,
     AssetsDefinition,
     BackfillPolicy,
     MaterializeResult,
@@ -27,8 +27,9 @@ from dagster import (
     asset,
 )
 
-from kpi_pipelines.kpis.checks import CHECK_NAME, kpi_rows_check
+from kpi_pipelines.kpis.checks import CHECK_NAME, kpi_rows_checks_by_day
 from kpi_pipelines.kpis.store import Metric, replace_daily_metrics
+from kpi_pipelines.partition_checks import DailyAssetEvent, day_check_events
 from kpi_pipelines.partitions import daily_partitions
 from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, retry_only_transient
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
@@ -85,30 +86,31 @@ def daily_kpi_asset(
             *(AssetCheckSpec(extra.name, asset=name, description=extra.description) for extra in extra_checks),
         ],
     )
-    def _kpi_asset(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+    def _kpi_asset(context: AssetExecutionContext, warehouse: WarehouseResource) -> Iterator[DailyAssetEvent]:
         with retry_only_transient():
-            return _compute_and_report(context, warehouse.get_warehouse())
+            checks_by_day = _compute_and_report(context, warehouse.get_warehouse())
+        yield MaterializeResult()
+        yield from day_check_events(context, checks_by_day)
 
-    def _compute_and_report(context: AssetExecutionContext, wh: Warehouse) -> MaterializeResult:
+    def _compute_and_report(context: AssetExecutionContext, wh: Warehouse) -> dict[str, list[AssetCheckResult]]:
+        """Writes the window's metrics, gives each day's materialization that day's values
+        and returns each day's check results."""
         window = context.partition_time_window
         start, end = window.start.date(), window.end.date()
         metrics = compute(wh, start, end)
-        written = replace_daily_metrics(wh, name, start, end, metrics)
-        checks = [kpi_rows_check(wh, name, start, end)]
-        checks += [extra.run(wh) for extra in extra_checks]
+        replace_daily_metrics(wh, name, start, end, metrics)
         by_day: dict[dt.date, list[Metric]] = defaultdict(list)
         for metric in metrics:
             by_day[metric.day].append(metric)
-        if (end - start).days == 1:
-            return MaterializeResult(metadata=headline_metadata(by_day[start]), check_results=checks)
-        # A multi-day run (a single-run backfill): each day gets its own values.
-        for day in sorted(by_day):
-            context.log_event(
-                AssetMaterialization(asset_key=context.asset_key, partition=day.isoformat(), metadata=headline_metadata(by_day[day]))
-            )
-        return MaterializeResult(
-            metadata={"days": MetadataValue.int((end - start).days), "rows_written": MetadataValue.int(written)},
-            check_results=checks,
-        )
+        # Partition-scoped metadata: one materialization per day carrying that day's values,
+        # so the UI's Plots draw each KPI across the days of a ranged run too.
+        for day in (start + dt.timedelta(days=n) for n in range((end - start).days)):
+            context.add_asset_metadata(headline_metadata(by_day[day]), partition_key=day.isoformat())
+        rows_by_day = {day: len(day_metrics) for day, day_metrics in by_day.items()}
+        run_wide = [extra.run(wh) for extra in extra_checks]  # what they check is not per day
+        return {
+            day: [result, *run_wide]
+            for day, result in kpi_rows_checks_by_day(wh, name, start, end, rows_by_day).items()
+        }
 
     return _kpi_asset
