@@ -11,10 +11,12 @@ A failed blocking evaluation still fails the step (Dagster gates on yielded eval
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from dagster import (
     AssetCheckEvaluation,
+    AssetCheckKey,
     AssetCheckResult,
     AssetExecutionContext,
     AssetRecordsFilter,
@@ -35,37 +37,57 @@ DailyAssetEvent = MaterializeResult | AssetCheckEvaluation | Output
 def day_check_events(
     context: AssetExecutionContext, results_by_day: Mapping[str, Sequence[AssetCheckResult]]
 ) -> Iterator[AssetCheckEvaluation | Output]:
-    """Yield after the asset's MaterializeResult: each day's results (partition key -> results
-    of the selected checks), then the checks' outputs."""
-    specs = {spec.key.name: spec for spec in context.assets_def.check_specs if spec.key in context.selected_asset_check_keys}
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=list(results_by_day)), limit=len(results_by_day)
-    ).records
-    targets = {
-        record.partition_key: AssetCheckEvaluationTargetMaterializationData(
-            run_id=record.run_id, storage_id=record.storage_id, timestamp=record.timestamp
-        )
-        for record in records
-        if record.run_id == context.run.run_id
+    """Yield after the materializations: each day's results (partition key -> check results;
+    a result without an asset key is about the step's one asset), then the outputs of the
+    checks that have one. Results of checks not selected in the run are left out."""
+    selected = {spec.key: spec for spec in context.assets_def.check_specs if spec.key in context.selected_asset_check_keys}
+    keyed = {
+        day: [(AssetCheckKey(result.asset_key or context.asset_key, result.check_name or ""), result) for result in results]
+        for day, results in results_by_day.items()
     }
-    for day, results in results_by_day.items():
-        for result in results:
-            spec = specs.get(result.check_name or "")
-            if spec is None:  # not selected in this run
-                continue
-            yield AssetCheckEvaluation(
-                asset_key=spec.asset_key,
-                check_name=spec.name,
-                passed=result.passed,
-                metadata=result.metadata,
-                target_materialization_data=targets.get(day),
-                severity=result.severity,
-                description=result.description,
-                blocking=spec.blocking,
-                partition=day,
-            )
-    for spec in specs.values():
+    checked = {key for results in keyed.values() for key, _ in results if key in selected}
+    targets = {}  # (asset key, day) -> this run's materialization of the day
+    for asset_key in {key.asset_key for key in checked}:
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=asset_key, asset_partitions=list(keyed)), limit=len(keyed)
+        ).records
+        targets.update(
+            {
+                (asset_key, record.partition_key): AssetCheckEvaluationTargetMaterializationData(
+                    run_id=record.run_id, storage_id=record.storage_id, timestamp=record.timestamp
+                )
+                for record in records
+                if record.run_id == context.run.run_id
+            }
+        )
+    for day, results in keyed.items():
+        for key, result in results:
+            if key in checked:
+                yield AssetCheckEvaluation(
+                    asset_key=key.asset_key,
+                    check_name=key.name,
+                    passed=result.passed,
+                    metadata=result.metadata,
+                    target_materialization_data=targets.get((key.asset_key, day)),
+                    severity=result.severity,
+                    description=result.description,
+                    blocking=selected[key].blocking,
+                    partition=day,
+                )
+    for key in sorted(checked, key=str):
         # `get_output_name_for_asset_check_key` is not marked public; it is how Dagster names
         # the check's output itself, and yielding AssetCheckResult instead would add a
         # partition-less evaluation (a second alert for the same failure).
-        yield Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(spec.key))
+        yield Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))
+
+
+def spread_over_days(context: AssetExecutionContext, events: Iterable[Any]) -> Iterator[Any]:
+    """A step's events, with every check result it reports given to each day of the run
+    (dbt tests check the whole window of a ranged run and report once, without a partition)."""
+    results = []
+    for event in events:
+        if isinstance(event, AssetCheckResult):
+            results.append(event)
+        else:
+            yield event
+    yield from day_check_events(context, {day: results for day in context.partition_keys})

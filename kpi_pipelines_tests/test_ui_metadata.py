@@ -51,18 +51,22 @@ EXPECTED = {  # day -> (search.queries, search.click_through_rate, search.no_res
 }
 
 
-def latest_materialization(instance: DagsterInstance, asset: str, day: str):
+def key(asset: str | AssetKey) -> AssetKey:
+    return asset if isinstance(asset, AssetKey) else AssetKey(asset)
+
+
+def latest_materialization(instance: DagsterInstance, asset: str | AssetKey, day: str):
     (record,) = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[day]), limit=1
+        AssetRecordsFilter(asset_key=key(asset), asset_partitions=[day]), limit=1
     ).records
     return record
 
 
-def check_records(instance: DagsterInstance, asset: str, check: str) -> list:
-    return list(instance.event_log_storage.get_asset_check_execution_history(AssetCheckKey(AssetKey(asset), check), limit=100))
+def check_records(instance: DagsterInstance, asset: str | AssetKey, check: str) -> list:
+    return list(instance.event_log_storage.get_asset_check_execution_history(AssetCheckKey(key(asset), check), limit=100))
 
 
-def assert_one_result_per_day(instance: DagsterInstance, asset: str, check: str, run_id: str, statuses: dict[str, Any]) -> None:
+def assert_one_result_per_day(instance: DagsterInstance, asset: str | AssetKey, check: str, run_id: str, statuses: dict[str, Any]) -> None:
     """The run left exactly one record per day, with that day's status, aimed at that day's
     materialization by the run (so the UI counts it as current); none without a partition."""
     records = [r for r in check_records(instance, asset, check) if r.run_id == run_id]
@@ -76,7 +80,7 @@ def assert_one_result_per_day(instance: DagsterInstance, asset: str, check: str,
 def test_a_range_run_gives_each_day_its_kpi_values_and_its_check_results(warehouse: Warehouse, write_events):
     load_events(warehouse, write_events, EVENTS)
     job = definitions_for(warehouse).resolve_job_def("daily_assets_job")
-    selection = [AssetKey("search_experience_metrics"), AssetKey("experiment_results")]
+    selection = [AssetKey(name) for name in ("search_experience_metrics", "experiment_results", "kpi_anomalies")]
     with instance_for_test() as instance:
         result = job.execute_in_process(instance=instance, tags=RANGE, asset_selection=selection)
         assert result.success
@@ -104,13 +108,16 @@ def test_a_range_run_gives_each_day_its_kpi_values_and_its_check_results(warehou
             )
         )
         assert rows_checked == written and set(written) == set(DAYS)
+        for day in DAYS:  # every series is new, so judged on no day; each day counts its own
+            anomalies = latest_materialization(instance, "kpi_anomalies", day).asset_materialization.metadata
+            assert (anomalies["series_checked"].value, anomalies["anomalous"].value) == (written[day], 0)
 
         # a single-day run of one of the days records its result under that day too
         again = job.execute_in_process(instance=instance, partition_key=DAYS[1], asset_selection=selection[:1])
         assert again.success
         assert_one_result_per_day(instance, "search_experience_metrics", CHECK_NAME, again.run_id, {DAYS[1]: SUCCEEDED})
         assert latest_materialization(instance, "search_experience_metrics", DAYS[1]).run_id == again.run_id
-        assert not [r for r in check_records(instance, "search_experience_metrics", CHECK_NAME) if r.status not in (SUCCEEDED,)]
+        assert not [r for r in check_records(instance, "search_experience_metrics", CHECK_NAME) if r.status != SUCCEEDED]
 
 
 def test_a_bad_day_fails_its_own_check_and_blocks_the_run(warehouse: Warehouse, write_events):
@@ -132,3 +139,18 @@ def test_a_bad_day_fails_its_own_check_and_blocks_the_run(warehouse: Warehouse, 
         for day, count in zip(DAYS, (3, 5, 1)):
             metadata = latest_materialization(instance, "raw_events", day).asset_materialization.metadata
             assert metadata["events_in_partitions"].value == count
+
+
+def test_dbt_tests_of_a_range_run_are_recorded_on_each_day(warehouse: Warehouse, write_events):
+    """dbt checks the whole window once: every day of the run carries the tests' results."""
+    from kpi_pipelines import rollups
+
+    load_events(warehouse, write_events, EVENTS)
+    partitioned = list(rollups.rollup_models.check_specs)
+    assert partitioned  # the incremental models have dbt tests
+    job = definitions_for(warehouse).resolve_job_def("daily_assets_job")
+    with instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, tags=RANGE, asset_selection=list(rollups.rollup_models.keys))
+        assert result.success
+        for spec in partitioned:
+            assert_one_result_per_day(instance, spec.asset_key, spec.name, result.run_id, {day: SUCCEEDED for day in DAYS})

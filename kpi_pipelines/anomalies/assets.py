@@ -1,6 +1,7 @@
 """`kpi_anomalies`: every daily KPI value of the partition against its trailing window."""
 
 import datetime as dt
+from collections import Counter
 
 import sqlalchemy as sa
 from dagster import AssetExecutionContext, AssetKey, BackfillPolicy, MaterializeResult, MetadataValue, asset
@@ -99,6 +100,13 @@ def kpi_anomalies(context: AssetExecutionContext, warehouse: WarehouseResource) 
     anomalies = [classify(point) for point in training_points(wh, start, end)]
     replace_anomalies(wh, start, end, anomalies)
     flagged = [a for a in anomalies if a.status == "anomalous"]
+    # each day's materialization carries that day's counts, so the UI plots them per day
+    checked, anomalous = Counter(a.point.day.date() for a in anomalies), Counter(a.point.day.date() for a in flagged)
+    for day in (start + dt.timedelta(days=n) for n in range((end - start).days)):
+        context.add_asset_metadata(
+            {"series_checked": MetadataValue.int(checked[day]), "anomalous": MetadataValue.int(anomalous[day])},
+            partition_key=day.isoformat(),
+        )
     return MaterializeResult(
         metadata={
             "series_checked": MetadataValue.int(len(anomalies)),
