@@ -4,6 +4,10 @@ Validation runs inside DuckDB over the raw lines of a file: `from_json` parses e
 into its envelope and metadata members, kept as JSON fragments (one column per field a rule
 names), then each rule is a test of its fragment. The reasons name the field and what was
 expected, so a person can fix the producer.
+
+Every limit (docs/events.md, "Limits") is one that a later stage needs: an accepted event
+must never fail the staging model's casts, PostgreSQL's index entries or its JSONB parser,
+or a sum over it; that would stall the whole file or materialization, not just the event.
 """
 
 from __future__ import annotations
@@ -12,15 +16,39 @@ from dataclasses import dataclass
 
 EVENT_TYPES = ("search", "generation", "review", "data_quality", "system_performance", "business")
 SOURCES = ("api", "dashboard", "system", "external")
-NUMBER_TYPES = "('BIGINT', 'UBIGINT', 'DOUBLE')"
-INTEGER_TYPES = "('BIGINT', 'UBIGINT')"
 
-# ISO-8601 date and time with a zone designator (Z or an offset); DuckDB's cast then
-# rejects impossible dates such as February 30.
+# Lines longer than this are rejected unread (the API answers 413 for such an event).
+MAX_LINE_BYTES = 8 * 1024 * 1024
+LONG_LINE_KEPT_CHARS = 1024  # of a longer line, in rejected_events.raw_text
+# Ids and names: PostgreSQL indexes event ids (a B-tree entry holds at most about 2,700 bytes).
+MAX_ID_CHARS = 256
+MAX_TEXT_CHARS = 4096  # free text (metadata.query)
+# Levels of JSON nesting of an event, the event object being level 1: PostgreSQL parses JSONB
+# recursively and fails the whole file past a few thousand levels ("stack depth limit exceeded").
+MAX_DEPTH = 32
+MAX_NUMBER = 1e15  # |x| of a number field: sums and squares over billions of events stay finite
+MAX_INTEGER = 2**31 - 1  # integer fields are INTEGER columns in stg_events
+# The first daily partition (kpi_pipelines/partitions.py; a test keeps them equal): an
+# earlier event would be stored but never reach a KPI.
+EARLIEST_TIME = "2020-01-01"
+# The latest accepted event time: evaluated by each load (and each API batch), not frozen.
+LATEST_TIME = "timezone('UTC', now()) + INTERVAL 1 DAY"
+
+# ISO-8601 date and time with a zone designator (Z or an offset up to ±14:00, the widest in
+# use); DuckDB's cast then rejects impossible dates such as February 30.
 # PostgreSQL text and JSONB cannot hold U+0000: such a line is rejected on both backends alike.
 NUL_ESCAPE = "'\\u0000'"
-TIMESTAMP_TEXT = "ISO-8601 date and time with a zone (`Z`, `+05:30`, `-0800`, `+02`), stored in UTC"
-ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}(:?\d{2})?)$"
+# A real \u0000 escape: preceded by an even number of backslashes (`\\u0000` is a backslash
+# followed by the text u0000, which is fine).
+NUL_ESCAPE_PATTERN = r"(?:^|[^\\])(?:\\\\)*\\u0000"
+STRING_TOKEN = r'"(?:[^"\\]|\\.)*"'
+TIMESTAMP_TEXT = (
+    "ISO-8601 date and time with a zone (`Z`, `+05:30`, `-0800`, `+02`; offsets up to ±14:00), "
+    f"from {EARLIEST_TIME} to 1 day after the load, stored in UTC"
+)
+ISO_TIMESTAMP = (
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]((0\d|1[0-3])(:?[0-5]\d)?|14(:?00)?))$"
+)
 
 
 @dataclass(frozen=True)
@@ -31,10 +59,19 @@ class Rule:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
+    max_length: int = MAX_ID_CHARS  # characters of a string, or of each string of a list
 
     @property
     def path(self) -> str:
         return "$." + self.field
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        """(lowest, highest) accepted value of a number or integer field."""
+        limit = {"number": MAX_NUMBER, "integer": MAX_INTEGER}.get(self.kind)
+        if limit is None:
+            return None
+        return (-limit if self.minimum is None else self.minimum, limit if self.maximum is None else self.maximum)
 
 
 ENVELOPE = [
@@ -55,7 +92,7 @@ METADATA: dict[tuple[str, str | None], list[Rule]] = {
     ("search", None): [Rule("metadata.action", "choice", choices=("query", "click", "feedback"))],
     ("search", "query"): [
         Rule("metadata.query_id", "text"),
-        Rule("metadata.query", "string"),
+        Rule("metadata.query", "string", max_length=MAX_TEXT_CHARS),
         Rule("metadata.result_ids", "string_array"),
         Rule("metadata.response_time_ms", "number", minimum=0),
         Rule("metadata.refinement_of", "text", required=False),
@@ -110,6 +147,27 @@ def _sql_string(text: str) -> str:
 def _json_string(text: str) -> str:
     """SQL literal of a JSON string fragment, as `from_json` renders a member."""
     return _sql_string('"' + text + '"')
+
+
+def _number_text(x: float) -> str:
+    """A bound as people write it: 2147483647, 1e15."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e12 else f"{x:g}".replace("e+", "e")
+
+
+def _length_text(rule: Rule) -> str:
+    if rule.kind in ("text", "string"):
+        return f", at most {rule.max_length} characters"
+    if rule.kind == "string_array":
+        return f", each at most {rule.max_length} characters"
+    return ""
+
+
+def _nesting(levels: int) -> str:
+    """RE2 pattern of balanced brackets nested at most `levels` deep."""
+    pattern = ""
+    for _ in range(levels):
+        pattern = f"(?:[\\[{{]{pattern}[\\]}}])*"
+    return pattern
 
 
 def _struct(members: list[str]) -> str:
@@ -170,12 +228,11 @@ class ValidationSQL:
         number = f"TRY_CAST({f} AS DOUBLE)"
         bounds = ""
         bound_text = ""
-        if rule.minimum is not None:
-            bounds += f" AND {number} >= {rule.minimum}"
-            bound_text = f" >= {rule.minimum:g}"
-        if rule.maximum is not None:
-            bounds += f" AND {number} <= {rule.maximum}"
-            bound_text = f" between {rule.minimum:g} and {rule.maximum:g}"
+        if rule.bounds is not None:
+            low, high = rule.bounds
+            # NaN sorts above every number in DuckDB: the upper bound rejects it (and Infinity)
+            bounds = f" AND {number} BETWEEN {low!r} AND {high!r}"
+            bound_text = f" between {_number_text(low)} and {_number_text(high)}"
         if rule.kind == "text":
             # blank: only spaces between the quotes (as DuckDB's trim), tested on the fragment
             return f"left({f}, 1) = '\"' AND NOT regexp_full_match({f}, '\" *\"')", "a non-empty string"
@@ -198,6 +255,21 @@ class ValidationSQL:
             )
         raise ValueError(f"unknown rule kind {rule.kind}")
 
+    def _length(self, rule: Rule) -> tuple[str, str] | None:
+        """(SQL condition that holds when each string of the well-typed fragment has at most
+        max_length characters, SQL of the longest one's length). The exact count only when
+        the fragment's bytes could exceed the limit (a character is at least one byte): a CASE,
+        as DuckDB evaluates both sides of an AND or OR outside a filter."""
+        f = self.fragment(rule.field)
+        short = f"strlen({f}) <= {rule.max_length + 2}"
+        if rule.kind in ("text", "string"):
+            longest = f"length(json_extract_string({f}, '$'))"
+        elif rule.kind == "string_array":
+            longest = f"coalesce(list_max(list_transform(json_extract_string({f}, '$[*]'), lambda x: length(x))), 0)"
+        else:
+            return None
+        return f"CASE WHEN {short} THEN true ELSE {longest} <= {rule.max_length} END", longest
+
     def _applies(self, event_type: str | None, action: str | None) -> str:
         if event_type is None:
             return "true"
@@ -211,7 +283,10 @@ class ValidationSQL:
     def _holds(self, rule: Rule) -> str:
         f = self.fragment(rule.field)
         condition, _ = self._check(rule)
+        length = self._length(rule)
         present = f"{f} IS NOT NULL AND coalesce({condition}, false)"
+        if length is not None:
+            present += f" AND coalesce({length[0]}, false)"
         return present if rule.required else f"({f} IS NULL OR ({present}))"
 
     def _all(self, rules: list[Rule]) -> str:
@@ -231,14 +306,54 @@ class ValidationSQL:
         type_branches = " ".join(f"WHEN {_json_string(t)} THEN {check}" for t, check in by_type.items())
         experiment = f"(NOT coalesce({self._applies('*experiment', None)}, false) OR {self._all(EXPERIMENT)})"
         return (
-            f"root = 'OBJECT' AND NOT contains(line, {NUL_ESCAPE}) AND event_time IS NOT NULL "
+            f"root = 'OBJECT' AND NOT {self.nul_escape()} AND event_time IS NOT NULL AND {self.in_time_range()} "
             f"AND {self._all(ENVELOPE)} AND {experiment} "
-            f"AND CASE {self.fragment('type')} {type_branches} ELSE false END"
+            f"AND CASE {self.fragment('type')} {type_branches} ELSE false END AND NOT {self.too_deep()} "
+            f"AND NOT {self.not_finite()}"
+        )
+
+    @staticmethod
+    def nul_escape() -> str:
+        """True when a string of the line holds a \\u0000 escape (the regex only for lines
+        that hold the text at all)."""
+        return f"CASE WHEN contains(line, {NUL_ESCAPE}) THEN regexp_matches(line, {_sql_string(NUL_ESCAPE_PATTERN)}) ELSE false END"
+
+    @staticmethod
+    def in_time_range() -> str:
+        return f"event_time BETWEEN TIMESTAMP '{EARLIEST_TIME}' AND {LATEST_TIME}"
+
+    def too_deep(self) -> str:
+        """True when the metadata nests deeper than MAX_DEPTH - 1 levels (the event object is
+        the first). Exact only for metadata with that many opening brackets: strings are
+        removed, the brackets kept and matched against a pattern of bounded nesting."""
+        m = self.fragment("metadata")
+        levels = MAX_DEPTH - 1
+        openers = f"strlen({m}) - strlen(replace(replace({m}, '{{', ''), '[', ''))"
+        brackets = f"regexp_replace(regexp_replace({m}, {_sql_string(STRING_TOKEN)}, '', 'g'), '[^{{}}\\[\\]]', '', 'g')"
+        return f"CASE WHEN {openers} > {levels} THEN NOT regexp_full_match({brackets}, {_sql_string(_nesting(levels))}) ELSE false END"
+
+    def not_finite(self) -> str:
+        """True when the metadata holds NaN or an infinity (any case, as DuckDB's JSON reader
+        takes them; PostgreSQL's JSONB refuses them, failing the whole file). Exact (outside
+        strings) only for metadata holding the letters at all: a regex costs each row more."""
+        m = self.fragment("metadata")
+        stripped = f"lower(regexp_replace({m}, {_sql_string(STRING_TOKEN)}, '', 'g'))"
+        return (
+            f"CASE WHEN contains(lower({m}), 'nan') OR contains(lower({m}), 'inf') "
+            f"THEN contains({stripped}, 'nan') OR contains({stripped}, 'inf') ELSE false END"
         )
 
     def _reason(self, rule: Rule, applies: str) -> str:
         f = self.fragment(rule.field)
         condition, expected = self._check(rule)
+        length = self._length(rule)
+        each = " each" if rule.kind == "string_array" else ""
+        too_long = (
+            f"WHEN NOT coalesce({length[0]}, false) THEN "
+            f"{_sql_string(f'{rule.field}: expected at most {rule.max_length} characters{each}, got ')} || {length[1]} "
+            if length is not None
+            else ""
+        )
         shown = (
             f"CASE left({f}, 1) WHEN '\"' THEN left({f}, 62) WHEN '{{' THEN 'an object' WHEN '[' THEN 'a list' "
             f"ELSE left({f}, 40) END"
@@ -249,7 +364,7 @@ class ValidationSQL:
         return (
             f"CASE WHEN NOT coalesce({applies}, false) THEN NULL {missing} "
             f"WHEN NOT coalesce({condition}, false) THEN "
-            f"{_sql_string(rule.field + ': expected ' + expected + ', got ')} || {shown} END"
+            f"{_sql_string(rule.field + ': expected ' + expected + ', got ')} || {shown} {too_long}END"
         )
 
     def reason(self) -> str:
@@ -258,13 +373,24 @@ class ValidationSQL:
         ts = self.fragment("timestamp")
         parts.append(
             f"CASE WHEN {self._check(Rule('timestamp', 'text'))[0]} AND event_time IS NULL THEN "
-            f"'timestamp: expected ISO-8601 with a time zone (e.g. 2026-01-31T23:59:00+02:00), got ' || left({ts}, 62) END"
+            "'timestamp: expected ISO-8601 with a time zone (Z or an offset up to ±14:00, "
+            f"e.g. 2026-01-31T23:59:00+02:00), got ' || left({ts}, 62) "
+            f"WHEN NOT {self.in_time_range()} THEN 'timestamp: expected from {EARLIEST_TIME}T00:00:00Z to 1 day after "
+            f"the load (' || strftime({LATEST_TIME}, '%Y-%m-%dT%H:%M:%SZ') || '), got ' || left({ts}, 62) END"
         )
+        parts.append(f"CASE WHEN {self.too_deep()} THEN 'metadata: nested deeper than {MAX_DEPTH} levels' END")
+        parts.append(
+            f"CASE WHEN {self.not_finite()} THEN 'metadata: expected finite numbers, got NaN or Infinity' END"
+        )
+        # line_bytes and nul_byte: the loader's stage (the line itself is cut or cleaned there)
         return (
-            "CASE WHEN line IS NULL OR trim(line) = '' THEN 'empty line' "
+            f"CASE WHEN line_bytes > {MAX_LINE_BYTES} THEN 'line longer than {MAX_LINE_BYTES} bytes "
+            f"(' || line_bytes || '): not read, its first {LONG_LINE_KEPT_CHARS} characters kept' "
+            "WHEN line IS NULL OR trim(line) = '' THEN 'empty line' "
+            "WHEN nul_byte THEN 'the line holds a NUL byte, which is not text (shown as U+FFFD)' "
             "WHEN root IS NULL THEN 'invalid JSON: the line does not parse' "
             "WHEN root <> 'OBJECT' THEN 'not a JSON object: each line must be one event object' "
-            f"WHEN contains(line, {NUL_ESCAPE}) THEN 'a string holds the NUL character U+0000, which cannot be stored' "
+            f"WHEN {self.nul_escape()} THEN 'a string holds the NUL character U+0000, which cannot be stored' "
             "ELSE concat_ws('; ', " + ",\n".join(parts) + ") END"
         )
 
@@ -272,7 +398,7 @@ class ValidationSQL:
         ts = self.value("timestamp")
         return (
             f"CASE WHEN regexp_full_match(trim({ts}), {_sql_string(ISO_TIMESTAMP)}) "
-            f"THEN timezone('UTC', TRY_CAST(trim({ts}) AS TIMESTAMPTZ)) END"
+            f"THEN timezone('UTC', TRY_CAST(upper(trim({ts})) AS TIMESTAMPTZ)) END"
         )
 
 
@@ -282,7 +408,7 @@ def describe_contract() -> str:
     sql = ValidationSQL()
     for rule, event_type, action in _gated_rules():
         shown_type = "any" if event_type in (None, "*experiment") else event_type
-        expected = TIMESTAMP_TEXT if rule.field == "timestamp" else sql._check(rule)[1]
+        expected = TIMESTAMP_TEXT if rule.field == "timestamp" else sql._check(rule)[1] + _length_text(rule)
         lines.append(
             f"| {shown_type} | {action or 'any'} | `{rule.field}` | {expected} | "
             f"{'yes' if rule.required else 'no'} |"

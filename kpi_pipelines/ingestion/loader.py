@@ -2,7 +2,8 @@
 runs and the collector API.
 
 A file is read line by line by DuckDB (`read_csv` with one VARCHAR column, gzip by
-extension), validated against the contract in SQL, pseudonymized and masked, and staged;
+extension; a line too long or holding a NUL byte is a rejected line, not a refused file),
+validated against the contract in SQL, pseudonymized and masked, and staged;
 then, in one warehouse transaction, the accepted events that are new are inserted and the
 rejected lines recorded. DuckDB warehouses stage in their own connection; PostgreSQL
 warehouses stage in an in-memory DuckDB and receive the rows with `COPY`. Nothing loops
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +24,16 @@ from typing import Any
 import duckdb
 import sqlalchemy as sa
 
-from kpi_pipelines.ingestion.contract import ValidationSQL, _sql_string
+from kpi_pipelines.ingestion.contract import LONG_LINE_KEPT_CHARS, MAX_LINE_BYTES, ValidationSQL, _sql_string
 from kpi_pipelines.ingestion.pii import hmac_sql, mask_sql, redact_line_sql
 from kpi_pipelines.warehouse import Warehouse
 
-MAX_LINE_BYTES = 8 * 1024 * 1024
+# The reader's own limit, far above MAX_LINE_BYTES: a line up to it is read (memory grows by
+# about 2.3 times its size) and rejected; a longer one refuses the file, naming the line.
+READ_LINE_BYTES = 64 * 1024 * 1024
+# A delimiter no line of text holds (control bytes are not JSON), so each line is one value,
+# a NUL byte included: with NUL as the delimiter, one NUL refused the file or was dropped.
+LINE_DELIMITER = "chr(1) || chr(2) || chr(3) || chr(4)"
 EVENT_COLUMNS = (
     "event_id, event_type, action, event_time, event_date, session_id, user_key, source, metadata, "
     "source_file, ingested_at"
@@ -64,9 +71,9 @@ def lines_sql(path: str) -> str:
     follow the file, so numbering costs no ordered pass of its own (`stage_sql`)."""
     return f"""
         SELECT line
-        FROM read_csv({_sql_string(path)}, columns = {{'line': 'VARCHAR'}}, delim = chr(0), quote = '',
+        FROM read_csv({_sql_string(path)}, columns = {{'line': 'VARCHAR'}}, delim = {LINE_DELIMITER}, quote = '',
                       escape = '', header = false, auto_detect = false, compression = 'auto',
-                      max_line_size = {MAX_LINE_BYTES})"""
+                      max_line_size = {READ_LINE_BYTES})"""
 
 
 def stage_sql(lines: str, salt: str) -> str:
@@ -78,13 +85,21 @@ def stage_sql(lines: str, salt: str) -> str:
     return f"""
     WITH
     parsed AS (
-        SELECT line_no, line, root,
+        SELECT line_no, line_bytes, root,
+               -- a NUL byte is never valid JSON; PostgreSQL text cannot hold it in raw_text
+               root IS NULL AND contains(line, chr(0)) AS nul_byte,
+               CASE WHEN root IS NULL AND contains(line, chr(0)) THEN replace(line, chr(0), chr(65533))
+                    ELSE line END AS line,
                CASE WHEN root = 'OBJECT' THEN from_json(line, {sql.envelope_struct}) END AS e
         -- a valid line starting with a brace is an object: json_type (another parse) only for the rest
-        FROM (SELECT *, CASE WHEN NOT json_valid(line) THEN NULL WHEN left(line, 1) = '{{' THEN 'OBJECT'
-                             ELSE json_type(line) END AS root
-              -- rowids of rows not yet committed start at a large offset, not at 0
-              FROM (SELECT rowid - (SELECT min(rowid) FROM {lines}) + 1 AS line_no, line FROM {lines}))
+        FROM (SELECT *, CASE WHEN line_bytes > {MAX_LINE_BYTES} OR NOT json_valid(line) THEN NULL
+                             WHEN left(line, 1) = '{{' THEN 'OBJECT' ELSE json_type(line) END AS root
+              -- rowids of rows not yet committed start at a large offset, not at 0; a line
+              -- too long is cut here, unparsed (its reason needs only its length)
+              FROM (SELECT rowid - (SELECT min(rowid) FROM {lines}) + 1 AS line_no, strlen(line) AS line_bytes,
+                           CASE WHEN strlen(line) > {MAX_LINE_BYTES} THEN left(line, {LONG_LINE_KEPT_CHARS})
+                                ELSE line END AS line
+                    FROM {lines}))
     ),
     enveloped AS (
         SELECT *,
@@ -93,7 +108,7 @@ def stage_sql(lines: str, salt: str) -> str:
         FROM parsed
     ),
     fragments AS (
-        SELECT line_no, line, root, {sql.fragment_columns()} FROM enveloped
+        SELECT line_no, line_bytes, nul_byte, line, root, {sql.fragment_columns()} FROM enveloped
     ),
     checked AS (
         SELECT *, CASE WHEN coalesce({sql.valid()}, false) THEN NULL ELSE {sql.reason()} END AS reason
@@ -134,7 +149,7 @@ class EventLoader:
                 return self._load_into_duckdb(file_path, source)
             return self._load_into_postgres(file_path, source)
         except duckdb.Error as error:
-            raise IngestError(f"{file_path}: cannot be read as JSON lines: {_first_line(error)}") from None
+            raise IngestError(f"{file_path}: {_read_error(error)}") from None
 
     def _configure(self, db: Any) -> None:
         db.execute(f"SET memory_limit = '{self.memory_limit}'")
@@ -269,6 +284,23 @@ def _copy_insert(cursor: Any, table: str, columns: str, csv_path: Path, key: str
     return cursor.rowcount
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+# DuckDB's reader causes, as a person reading about an event file would put them.
+READ_CAUSES = {
+    "Invalid unicode": "not UTF-8 text",
+    "Maximum line size": f"longer than {READ_LINE_BYTES} bytes, more than the reader holds",
+    "Expected Number of Columns": "holds the control bytes 01 02 03 04: not a text file",
+}
+
+
+def _read_error(error: BaseException) -> str:
+    """One line: the line number and the cause of a reader error, else the error's first line.
+    DuckDB's message quotes the line itself (which may hold personal data): left out."""
+    lines = [line.strip() for line in str(error).strip().split("\n")]
+    at = re.search(r"CSV Error on Line: (\d+)", lines[0])
+    if at is None:
+        # "IO Error: Unexpected end of GZIP stream: /path" -> "Unexpected end of GZIP stream"
+        first = re.sub(r"^IO Error: (.*?)(: /\S*)?$", r"\1", lines[0]) if lines[0] else type(error).__name__
+        return f"cannot be read: {first}"
+    cause = next((line for line in lines[1:] if line and not line.startswith("Original Line:")), "unknown cause")
+    cause = next((text for prefix, text in READ_CAUSES.items() if cause.startswith(prefix)), cause)
+    return f"line {at.group(1)}: cannot be read: {cause}"
