@@ -142,14 +142,16 @@ def plant_run_failure(instance, seconds_ago: float) -> str:
     return run.run_id
 
 
-def plant_check_failure(instance, seconds_ago: float) -> None:
+def plant_check_failure(instance, seconds_ago: float, partitions: tuple[str | None, ...] = (None,)) -> None:
+    """One run whose check failed on each of `partitions` (a range run records one per day)."""
     run = instance.create_run_for_job(broken_job)
-    evaluation = AssetCheckEvaluation(asset_key=AssetKey("checked_kpi"), check_name="no_negative_values", passed=False,
-                                      description="an old failure")
-    instance.report_dagster_event(
-        DagsterEvent(DagsterEventType.ASSET_CHECK_EVALUATION.value, job_name="broken_job", event_specific_data=evaluation),
-        run.run_id, timestamp=time.time() - seconds_ago,
-    )
+    for partition in partitions:
+        evaluation = AssetCheckEvaluation(asset_key=AssetKey("checked_kpi"), check_name="no_negative_values", passed=False,
+                                          description="an old failure", partition=partition)
+        instance.report_dagster_event(
+            DagsterEvent(DagsterEventType.ASSET_CHECK_EVALUATION.value, job_name="broken_job", event_specific_data=evaluation),
+            run.run_id, timestamp=time.time() - seconds_ago,
+        )
 
 
 # --- a sensor without a cursor -------------------------------------------------------------
@@ -241,6 +243,21 @@ def test_a_run_retried_twice_is_one_run_alert_and_one_check_alert(slack, resourc
         # nothing more on later ticks
         assert tick(run_failure_alert_sensor, instance, definitions, resources, run_cursor)[0] == "no new run failure(s)"
         assert tick(failed_asset_check_sensor, instance, definitions, resources, check_cursor)[0] == "no new failed asset check(s)"
+
+
+def test_a_range_runs_failing_days_are_one_alert_naming_the_days(slack, resources, make_instance):
+    definitions = Definitions(assets=[checked_kpi], asset_checks=[no_negative_values], sensors=[failed_asset_check_sensor])
+    with make_instance() as instance:
+        _, cursor = tick(failed_asset_check_sensor, instance, definitions, resources, None)
+        plant_check_failure(instance, 60, tuple(f"2026-03-0{day}" for day in range(1, 6)))
+        plant_check_failure(instance, 30, ("2026-03-06",))  # another run: another incident
+        message, cursor = tick(failed_asset_check_sensor, instance, definitions, resources, cursor)
+        assert message == "posted 2 failed asset check(s)"
+        (post,) = slack.posts()
+        text = post.body["text"]
+        assert text.count("check no_negative_values on checked_kpi failed") == 2
+        assert "partition 2026-03-01 … 2026-03-05 (5 partitions)" in text and "partition 2026-03-06" in text
+        assert tick(failed_asset_check_sensor, instance, definitions, resources, cursor)[0] == "no new failed asset check(s)"
 
 
 def test_a_retry_announced_but_never_launched_is_reported_after_ten_minutes(slack, resources, make_instance):

@@ -11,7 +11,8 @@
   (at-least-once). Dagster does not fail a run when a non-blocking check fails, so the check
   sensor is how those failures reach people. Without a cursor they report the last hour only.
   One incident is one alert: a run that Dagster's run retries will retry is reported by its
-  final attempt, a failed check once per check, partition and first run. An alert carries
+  final attempt, a failed check once per check and first run (a range run's failing days in
+  one alert, its retries not again). An alert carries
   what failed and why (assets, partition, the cause's first lines, dbt's failing tests), read
   from the run's event log.
 """
@@ -356,7 +357,7 @@ def _check_details(metadata: Any) -> str:
     default_status=DefaultSensorStatus.RUNNING,
     description=(
         "Posts failed asset checks (blocking or not) to the dagster_alerts channels of the rules "
-        "file, once per check, partition and first run (retries of a run are not reported again)."
+        "file, once per check and first run: the days of a range run and the run's retries in one alert."
     ),
 )
 def failed_asset_check_sensor(context: SensorEvaluationContext, alerting: AlertingResource):
@@ -375,33 +376,41 @@ def failed_asset_check_sensor(context: SensorEvaluationContext, alerting: Alerti
     history.sort(key=lambda record: record.id)
     roots = {run.run_id: run for run in context.instance.get_runs(RunsFilter(run_ids=list({r.run_id for r in history})))} if history else {}
     base = settings.webserver_url.rstrip("/")
-    seen: set[tuple[Any, ...]] = set()
-    events = []
+    # one incident: a check's failures in one run and its retries, whatever the days (a
+    # range run records a result per day); earlier attempts' records mark it reported
+    reported: set[tuple[Any, ...]] = set()
+    incidents: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in history:
         evaluation = record.event.dagster_event.event_specific_data if record.event and record.event.dagster_event else None
         partition = record.partition or getattr(evaluation, "partition", None)
         run = roots.get(record.run_id)
-        incident = (record.key, partition, (run.root_run_id or run.run_id) if run is not None else record.run_id)
-        if incident in seen or record.id <= cursor:  # an earlier attempt of the same run reported it
-            seen.add(incident)
+        incident = (record.key, (run.root_run_id or run.run_id) if run is not None else record.run_id)
+        if record.id <= cursor:
+            reported.add(incident)
             continue
-        seen.add(incident)
-        events.append(
-            {
-                "kind": "check_failed",
-                "id": record.id,
-                "run_id": record.run_id,
-                "asset": record.key.asset_key.to_user_string(),
-                "check": record.key.name,
-                "partition": partition,
-                "severity": getattr(getattr(evaluation, "severity", None), "value", "ERROR"),
-                "description": getattr(evaluation, "description", None) or "",
-                "details": _check_details(getattr(evaluation, "metadata", None)),
-                "blocking": bool(getattr(evaluation, "blocking", False)),
-                "attempt": _attempt(run),
-                "url": f"{base}/assets/{'/'.join(record.key.asset_key.path)}?view=checks",
-                "run_url": f"{base}/runs/{record.run_id}",
-            }
-        )
+        if incident in reported:
+            continue
+        if incident in incidents:
+            incidents[incident]["partitions"].append(partition)
+            continue
+        incidents[incident] = {
+            "kind": "check_failed",
+            "id": record.id,
+            "run_id": record.run_id,
+            "asset": record.key.asset_key.to_user_string(),
+            "check": record.key.name,
+            "partitions": [partition],
+            "severity": getattr(getattr(evaluation, "severity", None), "value", "ERROR"),
+            "description": getattr(evaluation, "description", None) or "",
+            "details": _check_details(getattr(evaluation, "metadata", None)),
+            "blocking": bool(getattr(evaluation, "blocking", False)),
+            "attempt": _attempt(run),
+            "url": f"{base}/assets/{'/'.join(record.key.asset_key.path)}?view=checks",
+            "run_url": f"{base}/runs/{record.run_id}",
+        }
+    events = []
+    for event in incidents.values():
+        days = [p for p in event.pop("partitions") if p]
+        events.append({**event, "partition": _partitions_text(days) if days else None})
     last = max([cursor, *(record.id for record in history)])
     return _deliver_then_advance(context, settings, events, {"id": last}, "failed asset check(s)")
