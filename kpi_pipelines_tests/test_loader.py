@@ -33,7 +33,7 @@ BAD_LINES = [
     (json.dumps({**event("x"), "timestamp": "2026-02-30T12:00:00Z"}), "timestamp: expected ISO-8601 with a time zone"),
     (json.dumps({**event("x"), "timestamp": "yesterday"}), "timestamp: expected ISO-8601"),
     (json.dumps({**event("x"), "session_id": ""}), "session_id: expected a non-empty string"),
-    (json.dumps({**event("x"), "user_id": 42}), "user_id: expected a string, got 42"),
+    (json.dumps({**event("x"), "user_id": 42}), "user_id: expected a string, got a number"),
     (json.dumps({**event("x"), "source": "web"}), 'source: expected one of api, dashboard, system, external, got "web"'),
     (json.dumps({**event("x"), "metadata": "query"}), "metadata: expected an object"),
     (json.dumps(event("x", action="browse", query_id="q")), "metadata.action: expected one of query, click, feedback"),

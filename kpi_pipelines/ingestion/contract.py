@@ -354,9 +354,15 @@ class ValidationSQL:
             if length is not None
             else ""
         )
+        # A value is quoted whole or not at all: a cut one could end inside an e-mail address,
+        # which the loader's masking of the reason would then miss. A user id is never quoted.
         shown = (
-            f"CASE left({f}, 1) WHEN '\"' THEN left({f}, 62) WHEN '{{' THEN 'an object' WHEN '[' THEN 'a list' "
-            f"ELSE left({f}, 40) END"
+            f"CASE WHEN left({f}, 1) = '{{' THEN 'an object' WHEN left({f}, 1) = '[' THEN 'a list' "
+            + (
+                f"WHEN left({f}, 1) IN ('t', 'f') THEN 'a boolean' ELSE 'a number' END"
+                if rule.field == "user_id"
+                else f"WHEN length({f}) <= 62 THEN {f} ELSE 'a value of ' || length({f}) || ' characters' END"
+            )
         )
         missing = f"WHEN {f} IS NULL THEN {_sql_string(rule.field + ': required')}" if rule.required else (
             f"WHEN {f} IS NULL THEN NULL"

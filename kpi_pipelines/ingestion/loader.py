@@ -25,7 +25,16 @@ import duckdb
 import sqlalchemy as sa
 
 from kpi_pipelines.ingestion.contract import LONG_LINE_KEPT_CHARS, MAX_LINE_BYTES, ValidationSQL, _sql_string
-from kpi_pipelines.ingestion.pii import hmac_sql, mask_sql, redact_line_sql
+from kpi_pipelines.ingestion.pii import (
+    LOOSE_USER_ID_KEY,
+    hmac_sql,
+    holds_personal_data_sql,
+    holds_user_id_object_sql,
+    mask_sql,
+    may_hold_personal_data_sql,
+    pseudonymize_members_sql,
+    readable_line_sql,
+)
 from kpi_pipelines.warehouse import Warehouse
 
 # The reader's own limit, far above MAX_LINE_BYTES: a line up to it is read (memory grows by
@@ -82,6 +91,18 @@ def stage_sql(lines: str, salt: str) -> str:
     keyed hash; the stage never leaves the loading connection), and the redacted raw text of
     rejected lines."""
     sql = ValidationSQL()
+    metadata = sql.fragment("metadata")
+    personal_data = ", ".join(
+        [
+            f"CASE WHEN {holds_personal_data_sql(sql.fragment(key))} THEN "
+            f"'{key}: must not hold personal data (an e-mail address or a phone number)' END"
+            for key in ("id", "session_id")
+        ]
+        + [
+            f"CASE WHEN suspect THEN CASE WHEN {holds_user_id_object_sql(metadata)} THEN "
+            "'metadata: a user_id member must be a string or a number (user ids are stored pseudonymized)' END END"
+        ]
+    )
     return f"""
     WITH
     parsed AS (
@@ -113,21 +134,36 @@ def stage_sql(lines: str, salt: str) -> str:
     checked AS (
         SELECT *, CASE WHEN coalesce({sql.valid()}, false) THEN NULL ELSE {sql.reason()} END AS reason
         FROM (SELECT *, {sql.event_time()} AS event_time FROM fragments)
+    ),
+    -- personal data in an id (stored as written: masking would merge distinct ids) or in a
+    -- user_id member that cannot be pseudonymized rejects the line
+    screened AS (
+        SELECT * REPLACE (CASE WHEN personal = '' THEN reason ELSE concat_ws('; ', reason, personal) END AS reason)
+        FROM (SELECT *, concat_ws('; ', {personal_data}) AS personal
+              FROM (SELECT *, {may_hold_personal_data_sql(metadata)} AS suspect FROM checked))
+    ),
+    redacted AS (
+        SELECT *, CASE WHEN suspect THEN {pseudonymize_members_sql(metadata, salt)} ELSE {metadata} END AS metadata_text,
+               {pseudonymize_members_sql('line_text', salt, LOOSE_USER_ID_KEY)} AS line_redacted
+        FROM (SELECT *, CASE WHEN reason IS NOT NULL THEN {readable_line_sql("coalesce(line, '')", "root IS NOT NULL")} END
+                        AS line_text
+              FROM screened)
     )
-    SELECT line_no, reason,
+    SELECT line_no, {mask_sql('reason')} AS reason,
            -- a rejected line keeps its id only when written without escapes: an unescaped
            -- U+0000 or lone surrogate cannot be stored as text by PostgreSQL
-           CASE WHEN reason IS NULL OR NOT contains({sql.fragment('id')}, chr(92)) THEN {sql.value('id')} END AS event_id,
+           CASE WHEN reason IS NULL THEN {sql.value('id')}
+                WHEN NOT contains({sql.fragment('id')}, chr(92)) THEN {mask_sql(sql.value('id'))} END AS event_id,
            {sql.value('type')} AS event_type,
-           {sql.value('metadata.action')} AS action,
+           {mask_sql(sql.value('metadata.action'))} AS action,
            event_time,
            CAST(event_time AS DATE) AS event_date,
            {sql.value('session_id')} AS session_id,
            {sql.value('user_id')} AS user_id,
            {sql.value('source')} AS source,
-           {mask_sql(sql.fragment('metadata'))} AS metadata,
-           CASE WHEN reason IS NOT NULL THEN {redact_line_sql("coalesce(line, '')", salt)} END AS raw_text
-    FROM checked
+           CASE WHEN suspect THEN {mask_sql('metadata_text')} ELSE metadata_text END AS metadata,
+           {mask_sql('line_redacted')} AS raw_text
+    FROM redacted
     """
 
 
