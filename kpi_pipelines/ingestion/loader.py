@@ -108,18 +108,17 @@ def stage_sql(lines: str, salt: str) -> str:
     parsed AS (
         SELECT line_no, line_bytes, root,
                -- a NUL byte is never valid JSON; PostgreSQL text cannot hold it in raw_text
-               root IS NULL AND contains(line, chr(0)) AS nul_byte,
-               CASE WHEN root IS NULL AND contains(line, chr(0)) THEN replace(line, chr(0), chr(65533))
-                    ELSE line END AS line,
+               CASE WHEN root IS NULL THEN contains(line, chr(0)) ELSE false END AS nul_byte,
+               -- a line too long is kept cut, unparsed (its reason needs only its length)
+               CASE WHEN root IS NOT NULL THEN line
+                    ELSE replace(CASE WHEN line_bytes > {MAX_LINE_BYTES} THEN left(line, {LONG_LINE_KEPT_CHARS}) ELSE line END,
+                                 chr(0), chr(65533)) END AS line,
                CASE WHEN root = 'OBJECT' THEN from_json(line, {sql.envelope_struct}) END AS e
         -- a valid line starting with a brace is an object: json_type (another parse) only for the rest
-        FROM (SELECT *, CASE WHEN line_bytes > {MAX_LINE_BYTES} OR NOT json_valid(line) THEN NULL
+        FROM (SELECT *, CASE WHEN line_bytes > {MAX_LINE_BYTES} THEN NULL WHEN NOT json_valid(line) THEN NULL
                              WHEN left(line, 1) = '{{' THEN 'OBJECT' ELSE json_type(line) END AS root
-              -- rowids of rows not yet committed start at a large offset, not at 0; a line
-              -- too long is cut here, unparsed (its reason needs only its length)
-              FROM (SELECT rowid - (SELECT min(rowid) FROM {lines}) + 1 AS line_no, strlen(line) AS line_bytes,
-                           CASE WHEN strlen(line) > {MAX_LINE_BYTES} THEN left(line, {LONG_LINE_KEPT_CHARS})
-                                ELSE line END AS line
+              -- rowids of rows not yet committed start at a large offset, not at 0
+              FROM (SELECT rowid - (SELECT min(rowid) FROM {lines}) + 1 AS line_no, strlen(line) AS line_bytes, line
                     FROM {lines}))
     ),
     enveloped AS (
