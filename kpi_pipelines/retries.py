@@ -5,7 +5,8 @@ run) or a PostgreSQL serialization failure, deadlock or lock timeout can pass a 
 later; bad data, a bad file or a bug fail the same way every time, and retrying them only
 multiplies the failure alerts. The assets carry `TRANSIENT_RETRY_POLICY` and run their body
 inside `retry_only_transient()`, which turns every other error into a `Failure` that the
-policy does not retry. Run-level retries (dagster.yaml) are kept for crashed run workers.
+policy does not retry. Every step that writes the warehouse does so: raw_events, the KPI
+assets, the anomalies, the experiments, the dbt rollups and the alert evaluation. Run-level retries (dagster.yaml) are kept for crashed run workers.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def is_transient(error: BaseException) -> bool:
                     return True
             elif isinstance(current, psycopg.OperationalError):  # refused, reset, server gone
                 return not any(m in str(current) for m in PERMANENT_CONNECTION_MESSAGES)
-        if isinstance(current, duckdb.Error) and any(m in str(current) for m in TRANSIENT_DUCKDB_MESSAGES):
+        # a dbt step's failure quotes dbt's own errors, DuckDB's lock message among them
+        if isinstance(current, (duckdb.Error, Failure)) and any(m in str(current) for m in TRANSIENT_DUCKDB_MESSAGES):
             return True
     return False
 
@@ -77,8 +79,12 @@ def retry_only_transient() -> Iterator[None]:
         yield
     except DagsterError:  # Dagster's own control flow, which no policy retries
         raise
+    except Failure as error:  # dagster-dbt's failures: keep their text and metadata
+        if error.allow_retries and not is_transient(error):
+            error.allow_retries = False
+        raise
     except Exception as error:
-        if is_transient(error) or (isinstance(error, Failure) and not error.allow_retries):
+        if is_transient(error):
             raise
         message = str(error).strip()
         first = message.splitlines()[0] if message else type(error).__name__

@@ -280,3 +280,27 @@ def test_both_instance_configurations_retry_only_crashed_runs():
     for path in (REPO / "dagster.yaml", REPO / "kpi_pipelines" / "defaults" / "dagster_home.yaml"):
         retries = yaml.safe_load(path.read_text())["run_retries"]
         assert retries == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}, path
+
+
+def test_a_dbt_step_meeting_a_locked_duckdb_file_is_retried(duckdb_warehouse, write_events):
+    """dbt opens the file in its own process: the lock error reaches the step as dbt's
+    failure text, and is retried like the warehouse's own."""
+    load_events(duckdb_warehouse, write_events, [event("e1", timestamp=f"{DAY}T10:00:00Z")])
+    job = definitions_for(duckdb_warehouse).resolve_job_def("ingest_job")
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, partition_key=DAY).success  # the tables the views read
+    duckdb_warehouse.dispose()
+    holder = _hold_duckdb_lock(duckdb_warehouse.duckdb_path)
+    try:
+        with instance_for_test() as instance:
+            thread, outcome = _run_in_thread(job, instance, "kpi_metrics_all")
+            _wait_for(lambda: _retried(instance), seconds=150)
+            _release(holder)
+            thread.join(timeout=240)
+            result = outcome["result"]
+    finally:
+        if holder.poll() is None:
+            _release(holder)
+    assert result.success
+    retries = _events(result, DagsterEventType.STEP_UP_FOR_RETRY)
+    assert retries and "Could not set lock" in retries[0].event_specific_data.error.to_string()

@@ -20,6 +20,7 @@ from pydantic import Field
 from kpi_pipelines.alerts.config import AlertingResource
 from kpi_pipelines.alerts.engine import EvaluationReport, run_evaluation
 from kpi_pipelines.alerts.rules import load_rules
+from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, retry_only_transient
 from kpi_pipelines.warehouse import WarehouseResource
 
 
@@ -56,16 +57,20 @@ def report_metadata(report: EvaluationReport) -> dict[str, MetadataValue]:
     }
 
 
-@op(description="Evaluate every active alert rule once and deliver the notifications that are due.")
+@op(
+    description="Evaluate every active alert rule once and deliver the notifications that are due.",
+    retry_policy=TRANSIENT_RETRY_POLICY,
+)
 def evaluate_alerts(
     context: OpExecutionContext, config: AlertEvaluationConfig, warehouse: WarehouseResource, alerting: AlertingResource
 ) -> dict:
     settings = alerting.get_settings()
     ruleset = load_rules(settings.rules_path)  # a broken rules file fails the run: the failure sensor says so
     at = parse_at(config.at) if config.at else None
-    report = run_evaluation(
-        warehouse.get_warehouse(), ruleset, settings, at, trigger=context.run.tags.get("kpi/trigger", "dagster")
-    )
+    with retry_only_transient():
+        report = run_evaluation(
+            warehouse.get_warehouse(), ruleset, settings, at, trigger=context.run.tags.get("kpi/trigger", "dagster")
+        )
     context.log.info(report.summary())
     for error in report.delivery.errors:
         context.log.warning(f"not delivered, stays queued: {error}")

@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, AssetKey, BackfillPolicy, Materialize
 from kpi_pipelines.anomalies.detection import SENSITIVITY, TRAINING_DAYS, Anomaly, SeriesPoint, classify
 from kpi_pipelines.kpis import KPI_METRICS_PRODUCERS
 from kpi_pipelines.partitions import daily_partitions
+from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, retry_only_transient
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
 
 
@@ -88,6 +89,7 @@ def replace_anomalies(warehouse: Warehouse, start: dt.date, end: dt.date, anomal
     deps=[AssetKey(name) for name in KPI_METRICS_PRODUCERS],
     group_name="anomalies",
     kinds={"python", "sql"},
+    retry_policy=TRANSIENT_RETRY_POLICY,
     description=(
         f"Each daily KPI value against the {TRAINING_DAYS} days before it: z-score, expected range "
         f"(mean ± {SENSITIVITY:g} standard deviations), status normal / anomalous / not_enough_data."
@@ -97,8 +99,9 @@ def kpi_anomalies(context: AssetExecutionContext, warehouse: WarehouseResource) 
     window = context.partition_time_window
     start, end = window.start.date(), window.end.date()
     wh = warehouse.get_warehouse()
-    anomalies = [classify(point) for point in training_points(wh, start, end)]
-    replace_anomalies(wh, start, end, anomalies)
+    with retry_only_transient():
+        anomalies = [classify(point) for point in training_points(wh, start, end)]
+        replace_anomalies(wh, start, end, anomalies)
     flagged = [a for a in anomalies if a.status == "anomalous"]
     # each day's materialization carries that day's counts, so the UI plots them per day
     checked, anomalous = Counter(a.point.day.date() for a in anomalies), Counter(a.point.day.date() for a in flagged)

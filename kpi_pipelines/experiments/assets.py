@@ -31,6 +31,7 @@ from kpi_pipelines.kpis.checks import CHECK_NAME, kpi_rows_checks_by_day
 from kpi_pipelines.kpis.store import Metric, replace_daily_metrics
 from kpi_pipelines.partition_checks import DailyAssetEvent, day_check_events
 from kpi_pipelines.partitions import daily_partitions
+from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, retry_only_transient
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
 
 VARIANT_TOTALS_SQL = """
@@ -193,6 +194,7 @@ class ExperimentResultsConfig(Config):
     backfill_policy=BackfillPolicy.single_run(),
     deps=[AssetKey("raw_events")],
     kinds={"python", "sql"},
+    retry_policy=TRANSIENT_RETRY_POLICY,
     description=(
         "Cumulative A/B test results per day, experiment and variant: conversion with lift, CI and "
         "pooled z-test, revenue per session with Welch's t-test, sample-ratio mismatch "
@@ -213,10 +215,11 @@ def experiment_results_asset(
     window = context.partition_time_window
     start, end = window.start.date(), window.end.date()
     wh = warehouse.get_warehouse()
-    results = experiment_results(wh, start, end, config.traffic_weights)
-    replace_experiment_results(wh, start, end, results)
-    metrics = result_metrics(results)
-    replace_daily_metrics(wh, "experiment_results", start, end, metrics)
+    with retry_only_transient():
+        results = experiment_results(wh, start, end, config.traffic_weights)
+        replace_experiment_results(wh, start, end, results)
+        metrics = result_metrics(results)
+        replace_daily_metrics(wh, "experiment_results", start, end, metrics)
     metric_rows = Counter(metric.day for metric in metrics)
     results_by_day: dict[dt.date, list[VariantResult]] = defaultdict(list)
     for result in results:

@@ -23,6 +23,7 @@ from dagster_dbt import dbt_assets
 
 from kpi_pipelines.partition_checks import spread_over_days
 from kpi_pipelines.partitions import daily_partitions
+from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, retry_only_transient
 from kpi_pipelines.rollups.project import dbt_project, prepare_manifest
 from kpi_pipelines.rollups.resources import RollupsDbtResource, dbt_env
 from kpi_pipelines.rollups.translator import RollupsTranslator
@@ -54,7 +55,8 @@ translator = RollupsTranslator()
 
 def _run(context: AssetExecutionContext, dbt: RollupsDbtResource, args: list[str]) -> Iterator[Any]:
     invocation = dbt.cli(args, context=context)
-    yield from invocation.stream()
+    with retry_only_transient():  # a DuckDB file another process holds: retried; a failing test: not
+        yield from invocation.stream()
     # each invocation writes its own target directory (manifest, run results, logs); keep a
     # failed one for inspection, drop a successful one so they do not pile up
     if invocation.is_successful():
@@ -69,6 +71,7 @@ def _run(context: AssetExecutionContext, dbt: RollupsDbtResource, args: list[str
     partitions_def=daily_partitions,
     backfill_policy=BackfillPolicy.single_run(),
     dagster_dbt_translator=translator,
+    retry_policy=TRANSIENT_RETRY_POLICY,
 )
 def rollup_models(context: AssetExecutionContext, dbt: RollupsDbtResource) -> Iterator[Any]:
     window = context.partition_time_window
@@ -84,6 +87,7 @@ def rollup_models(context: AssetExecutionContext, dbt: RollupsDbtResource) -> It
     select=VIEW_MODELS,
     name="rollup_views",
     dagster_dbt_translator=translator,
+    retry_policy=TRANSIENT_RETRY_POLICY,
 )
 def rollup_views(context: AssetExecutionContext, dbt: RollupsDbtResource) -> Iterator[Any]:
     yield from _run(context, dbt, ["build"])
