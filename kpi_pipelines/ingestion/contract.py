@@ -42,6 +42,8 @@ NUL_ESCAPE = "'\\u0000'"
 # followed by the text u0000, which is fine).
 NUL_ESCAPE_PATTERN = r"(?:^|[^\\])(?:\\\\)*\\u0000"
 STRING_TOKEN = r'"(?:[^"\\]|\\.)*"'
+# a JSON number no double holds (PostgreSQL's numeric refuses exponents past ~131,000)
+HUGE_NUMBER = r"[0-9][eE][+-]?[0-9]{4}|[0-9]{310}"
 TIMESTAMP_TEXT = (
     "ISO-8601 date and time with a zone (`Z`, `+05:30`, `-0800`, `+02`; offsets up to ±14:00), "
     f"from {EARLIEST_TIME} to 1 day after the load, stored in UTC"
@@ -364,14 +366,18 @@ class ValidationSQL:
         return f"CASE WHEN {openers} > {levels} THEN NOT regexp_full_match({brackets}, {_sql_string(_nesting(levels))}) ELSE false END"
 
     def not_finite(self) -> str:
-        """True when the metadata holds NaN or an infinity (any case, as DuckDB's JSON reader
-        takes them; PostgreSQL's JSONB refuses them, failing the whole file). Exact (outside
-        strings) only for metadata holding the letters at all: a regex costs each row more."""
+        """True when the metadata holds NaN, an infinity (any case, as DuckDB's JSON reader
+        takes them) or a number beyond a double (a 4-digit exponent, 310 digits):
+        PostgreSQL's JSONB refuses them, failing the whole file. Exact (outside strings)
+        only for metadata holding such text at all; called only for metadata with members
+        the contract does not check (`_plain_metadata`)."""
         m = self.fragment("metadata")
         stripped = f"lower(regexp_replace({m}, {_sql_string(STRING_TOKEN)}, '', 'g'))"
+        huge = _sql_string(HUGE_NUMBER)
         return (
-            f"CASE WHEN {m} ILIKE '%nan%' OR {m} ILIKE '%inf%' "
-            f"THEN contains({stripped}, 'nan') OR contains({stripped}, 'inf') ELSE false END"
+            f"CASE WHEN {m} ILIKE '%nan%' OR {m} ILIKE '%inf%' OR regexp_matches({m}, {huge}) "
+            f"THEN contains({stripped}, 'nan') OR contains({stripped}, 'inf') OR regexp_matches({stripped}, {huge}) "
+            f"ELSE false END"
         )
 
     def _reason(self, rule: Rule, applies: str) -> str:
@@ -417,7 +423,7 @@ class ValidationSQL:
         )
         parts.append(f"CASE WHEN {self.too_deep()} THEN 'metadata: nested deeper than {MAX_DEPTH} levels' END")
         parts.append(
-            f"CASE WHEN {self.not_finite()} THEN 'metadata: expected finite numbers, got NaN or Infinity' END"
+            f"CASE WHEN {self.not_finite()} THEN 'metadata: expected numbers a double holds, got NaN, Infinity or beyond ±1.8e308' END"
         )
         # line_bytes and nul_byte: the loader's stage (the line itself is cut or cleaned there)
         return (
