@@ -198,7 +198,51 @@ def test_a_line_too_long_is_one_rejected_line(warehouse, tmp_path):
     assert reason == (
         f"line longer than 8388608 bytes ({len(long_line)}): not read, its first 1024 characters kept"
     )
-    assert raw_text == long_line[:1024]  # the user id comes after the metadata: not in the kept part
+    # cut back to the quote opening the 10 MB query (the user id comes after: not kept either)
+    assert raw_text == long_line[: long_line.index("x" * 100)]
+
+
+def test_a_long_line_is_not_cut_inside_an_address(warehouse, tmp_path):
+    """An e-mail address across the 1,024th character: the kept part ends before it, since a
+    cut address ("someone.priv") is no longer one that masking finds."""
+    path = tmp_path / "long.jsonl"
+
+    def line_with(padding: int) -> str:
+        note = "p" * padding + " someone.private@example.com"
+        return json.dumps(query("long-address", query="q", note=note, filler="f" * (9 * 1024 * 1024)))
+
+    long_line = line_with(1024 - 10 - line_with(0).index(" someone"))
+    assert long_line.index("someone") < 1024 < long_line.index("example.com")
+    path.write_text(long_line + "\n")
+    EventLoader(warehouse, SALT).load_file(path)
+    (raw_text,) = warehouse.query("SELECT raw_text FROM rejected_events")[0]
+    assert raw_text == long_line[: long_line.index('"ppp') + 1]  # up to the quote opening the note
+    assert "someone" not in raw_text
+
+
+@pytest.mark.parametrize(
+    "escape,reason",
+    [
+        ("\\ud800", "invalid JSON: a \\u escape of a lone surrogate (U+D800 to U+DFFF) is not text"),
+        ("\\uDFFF", "invalid JSON: a \\u escape of a lone surrogate (U+D800 to U+DFFF) is not text"),
+        ("\\ud83d\\ude00", None),  # a pair: an emoji, accepted
+    ],
+)
+def test_a_lone_surrogate_is_named(warehouse, write_events, escape, reason):
+    line = json.dumps(query("surrogate", query="SURROGATE")).replace("SURROGATE", escape)
+    result = EventLoader(warehouse, SALT).load_file(write_events([line]))
+    assert result.rejected == (reason is not None)
+    if reason:
+        assert warehouse.scalar("SELECT reason FROM rejected_events") == reason
+
+
+def test_a_long_timestamp_is_not_quoted_cut(warehouse, write_events):
+    stamp = "2026-03-10T12:00:00Z and a note from " + "x" * 20 + " someone.private@example.com"
+    assert len(stamp) > 62
+    EventLoader(warehouse, SALT).load_file(write_events([event("long-stamp", timestamp=stamp)]))
+    reason = warehouse.scalar("SELECT reason FROM rejected_events")
+    assert reason.endswith(f"got a value of {len(stamp) + 2} characters")  # the JSON text, quotes included
+    assert "someone" not in reason
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,8 @@ SOURCES = ("api", "dashboard", "system", "external")
 # Lines longer than this are rejected unread (the API answers 413 for such an event).
 MAX_LINE_BYTES = 8 * 1024 * 1024
 LONG_LINE_KEPT_CHARS = 1024  # of a longer line, in rejected_events.raw_text
+# \udXXX of the surrogate range (a valid pair parses; only a line that does not is asked)
+LONE_SURROGATE = r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
 # Ids and names: PostgreSQL indexes event ids (a B-tree entry holds at most about 2,700 bytes).
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 4096  # free text (metadata.query)
@@ -391,14 +393,13 @@ class ValidationSQL:
             if length is not None
             else ""
         )
-        # A value is quoted whole or not at all: a cut one could end inside an e-mail address,
-        # which the loader's masking of the reason would then miss. A user id is never quoted.
+        # A user id is never quoted.
         shown = (
             f"CASE WHEN left({f}, 1) = '{{' THEN 'an object' WHEN left({f}, 1) = '[' THEN 'a list' "
             + (
                 f"WHEN left({f}, 1) IN ('t', 'f') THEN 'a boolean' ELSE 'a number' END"
                 if rule.field == "user_id"
-                else f"WHEN length({f}) <= 62 THEN {f} ELSE 'a value of ' || length({f}) || ' characters' END"
+                else f"ELSE {self._quoted(f)} END"
             )
         )
         missing = f"WHEN {f} IS NULL THEN {_sql_string(rule.field + ': required')}" if rule.required else (
@@ -410,6 +411,12 @@ class ValidationSQL:
             f"{_sql_string(rule.field + ': expected ' + expected + ', got ')} || {shown} {too_long}END"
         )
 
+    @staticmethod
+    def _quoted(fragment: str) -> str:
+        """A value for a reason, quoted whole or not at all: a cut one could end inside an
+        e-mail address, which the loader's masking of the reason would then miss."""
+        return f"CASE WHEN length({fragment}) <= 62 THEN {fragment} ELSE 'a value of ' || length({fragment}) || ' characters' END"
+
     def reason(self) -> str:
         """Why a line is rejected: every rule it breaks, joined with '; '."""
         parts = [self._reason(rule, self._applies(t, a)) for rule, t, a in _gated_rules()]
@@ -417,9 +424,9 @@ class ValidationSQL:
         parts.append(
             f"CASE WHEN {self._check(Rule('timestamp', 'text'))[0]} AND event_time IS NULL THEN "
             "'timestamp: expected ISO-8601 with a time zone (Z or an offset up to ±14:00, "
-            f"e.g. 2026-01-31T23:59:00+02:00), got ' || left({ts}, 62) "
+            f"e.g. 2026-01-31T23:59:00+02:00), got ' || {self._quoted(ts)} "
             f"WHEN NOT {self.in_time_range()} THEN 'timestamp: expected from {EARLIEST_TIME}T00:00:00Z to 1 day after "
-            f"the load (' || strftime({LATEST_TIME}, '%Y-%m-%dT%H:%M:%SZ') || '), got ' || left({ts}, 62) END"
+            f"the load (' || strftime({LATEST_TIME}, '%Y-%m-%dT%H:%M:%SZ') || '), got ' || {self._quoted(ts)} END"
         )
         parts.append(f"CASE WHEN {self.too_deep()} THEN 'metadata: nested deeper than {MAX_DEPTH} levels' END")
         parts.append(
@@ -431,6 +438,8 @@ class ValidationSQL:
             f"(' || line_bytes || '): not read, its first {LONG_LINE_KEPT_CHARS} characters kept' "
             "WHEN line IS NULL OR trim(line) = '' THEN 'empty line' "
             "WHEN nul_byte THEN 'the line holds a NUL byte, which is not text (shown as U+FFFD)' "
+            f"WHEN root IS NULL AND regexp_matches(line, {_sql_string(LONE_SURROGATE)}) THEN "
+            "'invalid JSON: a \\u escape of a lone surrogate (U+D800 to U+DFFF) is not text' "
             "WHEN root IS NULL THEN 'invalid JSON: the line does not parse' "
             "WHEN root <> 'OBJECT' THEN 'not a JSON object: each line must be one event object' "
             f"WHEN {self.nul_escape()} THEN 'a string holds the NUL character U+0000, which cannot be stored' "

@@ -49,6 +49,7 @@ EVENT_COLUMNS = (
 )
 REJECT_COLUMNS = "rejection_id, source_file, line_no, event_id, reason, raw_text, rejected_at"
 COPY_CHUNK_BYTES = 1 << 20
+PARTIAL_TOKEN = r'[^",:{}\[\]]*$'  # the end of a cut line after its last JSON separator
 
 
 class IngestError(Exception):
@@ -109,9 +110,12 @@ def stage_sql(lines: str, salt: str) -> str:
         SELECT line_no, line_bytes, root,
                -- a NUL byte is never valid JSON; PostgreSQL text cannot hold it in raw_text
                CASE WHEN root IS NULL THEN contains(line, chr(0)) ELSE false END AS nul_byte,
-               -- a line too long is kept cut, unparsed (its reason needs only its length)
+               -- a line too long is kept cut, unparsed (its reason needs only its length), back to
+               -- the last JSON separator: a token cut in two (an e-mail address) would escape masking
                CASE WHEN root IS NOT NULL THEN line
-                    ELSE replace(CASE WHEN line_bytes > {MAX_LINE_BYTES} THEN left(line, {LONG_LINE_KEPT_CHARS}) ELSE line END,
+                    ELSE replace(CASE WHEN line_bytes > {MAX_LINE_BYTES}
+                                      THEN regexp_replace(left(line, {LONG_LINE_KEPT_CHARS}), {_sql_string(PARTIAL_TOKEN)}, '')
+                                      ELSE line END,
                                  chr(0), chr(65533)) END AS line,
                CASE WHEN root = 'OBJECT' THEN from_json(line, {sql.envelope_struct}) END AS e
         -- a valid line starting with a brace is an object: json_type (another parse) only for the rest
