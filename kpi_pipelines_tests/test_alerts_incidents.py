@@ -42,6 +42,7 @@ from sqlalchemy.engine import make_url
 from kpi_pipelines.alerts.config import AlertingResource
 from kpi_pipelines.alerts.sensors import failed_asset_check_sensor, run_failure_alert_sensor
 from kpi_pipelines_tests.conftest import postgres_or_skip
+from kpi_pipelines_tests.test_alerts_dagster import broken_job
 from kpi_pipelines_tests.test_deployment import fresh_database
 
 pytestmark = pytest.mark.timeout(300)
@@ -86,16 +87,6 @@ def tick(sensor, instance, definitions, resources, cursor):
 
 
 # --- jobs and assets that fail -------------------------------------------------------------
-
-
-@op
-def explode():
-    raise RuntimeError("warehouse on fire")
-
-
-@job
-def broken_job():
-    explode()
 
 
 days = DailyPartitionsDefinition(start_date="2026-03-01")

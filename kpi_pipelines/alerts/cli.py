@@ -59,6 +59,19 @@ def _rules(settings: AlertSettings) -> RuleSet | None:
         return None
 
 
+def _rule_exists(name: str, also: str = "") -> bool:
+    """Whether the rules file validates and defines `name`; else says why on stderr."""
+    settings = AlertSettings.from_env()
+    ruleset = _rules(settings)
+    if ruleset is None:
+        return False
+    if ruleset.rule(name) is None:
+        known = ", ".join(rule.name for rule in ruleset.rules)
+        print(f"kpi: error: no rule named {name!r} in {settings.rules_path}{also} (rules: {known})", file=sys.stderr)
+        return False
+    return True
+
+
 def evaluate_and_print(at: dt.datetime | None = None, out: Callable[[str], Any] = print, trigger: str = "cli") -> int:
     """One evaluation as the job does it; prints the summary and what changed. `kpi demo`
     calls this too."""
@@ -160,13 +173,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_silence(args: argparse.Namespace) -> int:
     from kpi_pipelines.alerts.store import add_silence, utcnow
 
-    settings = AlertSettings.from_env()
-    ruleset = _rules(settings)
-    if ruleset is None:
-        return 1
-    if ruleset.rule(args.rule) is None:
-        known = ", ".join(rule.name for rule in ruleset.rules)
-        print(f"kpi: error: no rule named {args.rule!r} in {settings.rules_path} (rules: {known})", file=sys.stderr)
+    if not _rule_exists(args.rule):
         return 1
     if not args.reason.strip():
         print("kpi: error: --reason must say why", file=sys.stderr)
@@ -186,16 +193,8 @@ def cmd_unsilence(args: argparse.Namespace) -> int:
     from kpi_pipelines.alerts.store import expire_silences, utcnow
 
     count = expire_silences(_warehouse(), args.rule, utcnow())
-    if count == 0:
-        settings = AlertSettings.from_env()
-        ruleset = _rules(settings)
-        if ruleset is None:
-            return 1
-        if ruleset.rule(args.rule) is None:
-            known = ", ".join(rule.name for rule in ruleset.rules)
-            print(f"kpi: error: no rule named {args.rule!r} in {settings.rules_path} and no silence of it (rules: {known})",
-                  file=sys.stderr)
-            return 1
+    if count == 0 and not _rule_exists(args.rule, " and no silence of it"):
+        return 1
     print(f"ended {count} silence(s) of {args.rule}")
     return 0
 
