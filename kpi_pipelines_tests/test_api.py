@@ -190,7 +190,7 @@ def test_body_lines_edge_cases():
     big = [{"n": 1 << 70}]  # beyond 64 bits: carried as a double, as the loader's JSON reader does
     assert json.loads(body_lines(json.dumps(big).encode(), "application/json")[0])["n"] == pytest.approx(1 << 70)
     for body, kind, status in [
-        (b"[1]\x00", "application/x-ndjson", 422),
+        (b"[1]\x00", "application/json", 422),  # not JSON; in NDJSON the loader rejects the line alone
         (b"\xff", "application/x-ndjson", 422),
         (b"{}", "application/json", 422),
         (b"[NaN]", "application/json", 422),

@@ -139,6 +139,22 @@ def test_numbers_beyond_a_double_and_nul_escapes_are_rejects_not_errors(warehous
     assert stored_ids(warehouse, server) == {"fine"}
 
 
+def test_a_nul_byte_rejects_its_ndjson_line_only(warehouse, start_server):
+    """As in a file: the line holding a raw NUL byte is one rejected event (schemathesis sent
+    one in a schema-valid NDJSON body, answered 422 for the whole request)."""
+    server = start_server(warehouse)
+    lines = [raw_event("before"), raw_event("nul-inside").replace("nul-inside", "nul\x00inside"), "\x00", raw_event("after")]
+    with server.client() as client:
+        response = client.post("/api/kpi/events", content="\n".join(lines).encode(), headers=NDJSON)
+        as_json = client.post("/api/kpi/events", content=f"[{lines[1]}]".encode(), headers=JSON)
+    assert response.status_code == 202, response.text
+    assert response.json()["accepted"] == 2
+    assert [item["index"] for item in response.json()["rejected"]] == [1, 2]
+    assert all("NUL byte" in item["reason"] for item in response.json()["rejected"])
+    assert_names(as_json, 422, "body", "not valid JSON")  # a raw control character is not JSON
+    assert stored_ids(warehouse, server) == {"before", "after"}
+
+
 def test_nul_in_any_query_parameter_is_a_422_naming_it(warehouse, start_server):
     seed_metrics(warehouse)
     server = start_server(warehouse)

@@ -105,19 +105,11 @@ def body_lines(body: bytes, content_type: str | None, max_events: int = MAX_EVEN
     raise BodyError(415, ("header", "content-type"), f"Content-Type {kind!r} is not accepted: send application/json (a list) or application/x-ndjson")
 
 
-def _check_text(body: bytes) -> None:
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise BodyError(422, ("body",), f"body: not UTF-8 text (byte {error.start})") from None
-    if b"\x00" in body:
-        raise BodyError(422, ("body",), "body: contains a NUL byte")
-
-
 def _ndjson_lines(body: bytes, max_events: int) -> list[bytes]:
     """Lines end with \\n, \\r\\n or \\r (as the loader's reader splits them); a last line
-    without its newline counts; a leading byte-order mark is dropped."""
-    _check_text(body)
+    without its newline counts; a leading byte-order mark is dropped. A line holding a NUL
+    byte is the loader's to reject, as in a file: the request's other events are stored."""
+    _text(body)
     body = body.removeprefix(codecs.BOM_UTF8)
     if body.count(b"\n") > max_events + 1:
         raise BodyError(413, ("body",), f"body: more than {max_events} events (lines) in one request")
