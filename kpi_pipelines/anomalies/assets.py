@@ -8,7 +8,7 @@ from dagster import AssetExecutionContext, AssetKey, BackfillPolicy, Materialize
 
 from kpi_pipelines.anomalies.detection import SENSITIVITY, TRAINING_DAYS, Anomaly, SeriesPoint, classify
 from kpi_pipelines.kpis import KPI_METRICS_PRODUCERS
-from kpi_pipelines.partitions import daily_partitions
+from kpi_pipelines.partitions import daily_partitions, days_in
 from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, retry_only_transient
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
 
@@ -105,7 +105,7 @@ def kpi_anomalies(context: AssetExecutionContext, warehouse: WarehouseResource) 
     flagged = [a for a in anomalies if a.status == "anomalous"]
     # each day's materialization carries that day's counts, so the UI plots them per day
     checked, anomalous = Counter(a.point.day.date() for a in anomalies), Counter(a.point.day.date() for a in flagged)
-    for day in (start + dt.timedelta(days=n) for n in range((end - start).days)):
+    for day in days_in(start, end):
         context.add_asset_metadata(
             {"series_checked": MetadataValue.int(checked[day]), "anomalous": MetadataValue.int(anomalous[day])},
             partition_key=day.isoformat(),

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from kpi_pipelines.kpis.store import Metric, ratio
 from kpi_pipelines.warehouse import Warehouse
+from kpi_pipelines.partitions import days_in
 
 REQUIRED_FIELDS = ("title", "description", "brand", "category", "price")
 NORMALIZED_FIELDS = ("brand", "category", "price", "title")
@@ -168,7 +169,7 @@ def catalog_values(counts: CatalogCounts) -> dict[str, float]:
 
 def catalog_metrics(counts: Sequence[CatalogCounts], start: dt.date, end: dt.date) -> list[Metric]:
     """The catalog snapshot's metrics, the same values on every day in [start, end)."""
-    days = [start + dt.timedelta(days=n) for n in range((end - start).days)]
+    days = days_in(start, end)
     out: list[Metric] = []
     for row in counts:
         dimensions = {} if row.category is None else {"category": row.category}

@@ -30,7 +30,7 @@ from kpi_pipelines.experiments.stats import VariantResult, VariantTotals, analyz
 from kpi_pipelines.kpis.checks import CHECK_NAME, kpi_rows_checks_by_day
 from kpi_pipelines.kpis.store import Metric, replace_daily_metrics
 from kpi_pipelines.partition_checks import DailyAssetEvent, day_check_events
-from kpi_pipelines.partitions import daily_partitions
+from kpi_pipelines.partitions import daily_partitions, days_in
 from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, retry_only_transient
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
 
@@ -224,7 +224,7 @@ def experiment_results_asset(
     results_by_day: dict[dt.date, list[VariantResult]] = defaultdict(list)
     for result in results:
         results_by_day[result.day].append(result)
-    for day in (start + dt.timedelta(days=n) for n in range((end - start).days)):  # each day's own counts
+    for day in days_in(start, end):  # each day's own counts
         day_results = results_by_day[day]
         context.add_asset_metadata(
             {

@@ -29,7 +29,7 @@ from kpi_pipelines.ingestion.loader import IngestError, file_key
 from kpi_pipelines.ingestion.quarantine import quarantine, quarantined_before
 from kpi_pipelines.ingestion.resources import EventIngestionResource
 from kpi_pipelines.partition_checks import DailyAssetEvent, day_check_events
-from kpi_pipelines.partitions import daily_partitions
+from kpi_pipelines.partitions import daily_partitions, days_in
 from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, retry_only_transient
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
 
@@ -185,7 +185,7 @@ def _load_and_report(
     start, end = window.start.date(), window.end.date()
     counts = partition_counts(wh, start.isoformat(), end.isoformat())
     stored = sum(counts.values())
-    days = [start + dt.timedelta(days=n) for n in range((end - start).days)]
+    days = days_in(start, end)
     for day in days:  # each day's materialization carries that day's events (plotted per day)
         day_events = MetadataValue.int(counts.get(day.isoformat(), 0))
         context.add_asset_metadata({"events_in_partitions": day_events}, partition_key=day.isoformat())

@@ -30,7 +30,7 @@ from dagster import (
 from kpi_pipelines.kpis.checks import CHECK_NAME, kpi_rows_checks_by_day
 from kpi_pipelines.kpis.store import Metric, replace_daily_metrics
 from kpi_pipelines.partition_checks import DailyAssetEvent, day_check_events
-from kpi_pipelines.partitions import daily_partitions
+from kpi_pipelines.partitions import daily_partitions, days_in
 from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, retry_only_transient
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
 
@@ -104,7 +104,7 @@ def daily_kpi_asset(
             by_day[metric.day].append(metric)
         # Partition-scoped metadata: one materialization per day carrying that day's values,
         # so the UI's Plots draw each KPI across the days of a ranged run too.
-        for day in (start + dt.timedelta(days=n) for n in range((end - start).days)):
+        for day in days_in(start, end):
             context.add_asset_metadata(headline_metadata(by_day[day]), partition_key=day.isoformat())
         rows_by_day = {day: len(day_metrics) for day, day_metrics in by_day.items()}
         run_wide = [extra.run(wh) for extra in extra_checks]  # what they check is not per day

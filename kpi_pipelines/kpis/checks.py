@@ -9,6 +9,7 @@ from dagster import AssetCheckResult, MetadataValue
 
 from kpi_pipelines.expectations import check_result, validate
 from kpi_pipelines.warehouse import Warehouse
+from kpi_pipelines.partitions import days_in
 
 CHECK_NAME = "kpi_rows_valid"
 # Metrics that are proportions, so must lie in [0, 1] (docs/metrics.md says the same).
@@ -62,7 +63,7 @@ def kpi_rows_checks_by_day(
     validation costs about 0.2 s) and the days are validated one by one only when it fails,
     to say which days did."""
     overall = kpi_rows_check(warehouse, source_asset, start, end)
-    days = [start + dt.timedelta(days=n) for n in range((end - start).days)]
+    days = days_in(start, end)
     if len(days) == 1:
         return {start.isoformat(): overall}
     if not overall.passed:
