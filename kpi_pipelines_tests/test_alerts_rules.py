@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import textwrap
 
 import pytest
@@ -194,3 +195,99 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+# --- metrics the registry does not know: a warning, not an error (issue 12, item 10) ---------
+
+UNKNOWN_METRIC_RULES = """
+    channels:
+      kpi-alerts: {type: slack, channel: "#kpi-alerts"}
+    rules:
+      - name: typo
+        metric: search.clickthrough_rate
+        condition: less_than
+        thresholds: {warning: 0.5}
+        channels: [kpi-alerts]
+      - name: pattern
+        metric: "search.*_ratio"
+        condition: less_than
+        thresholds: {warning: 0.5}
+        channels: [kpi-alerts]
+      - name: hourly_conversion
+        metric: business.conversion_rate
+        aggregation_level: hour
+        window: 1h
+        condition: less_than
+        thresholds: {warning: 0.5}
+        channels: [kpi-alerts]
+        min_samples: {metric: search.querys, count: 10}
+      - name: fine
+        metric: search.click_through_rate
+        condition: less_than
+        thresholds: {warning: 0.5}
+        channels: [kpi-alerts]
+        min_samples: {metric: search.queries, count: 10}
+"""
+
+
+def test_a_rule_on_an_unknown_metric_loads_with_one_warning_naming_the_closest_names(tmp_path):
+    rules = load_rules(write(tmp_path, UNKNOWN_METRIC_RULES))
+    assert [rule.name for rule in rules.rules] == ["typo", "pattern", "hourly_conversion", "fine"]  # all loaded
+    typo, pattern, hourly = rules.warnings  # one line per rule with a problem, none for `fine`
+    assert typo == (
+        "rule 'typo': unknown metric 'search.clickthrough_rate' (closest: search.click_through_rate, "
+        "search.no_results_rate, search.success_rate); it is evaluated but finds no data"
+    )
+    assert pattern.startswith("rule 'pattern': metric 'search.*_ratio' is a pattern") and "matches no registered metric" in pattern
+    assert hourly == (
+        "rule 'hourly_conversion': metric 'business.conversion_rate' has no hour values (it has day, week); "
+        "unknown metric 'search.querys' (closest: search.queries, search.sessions_per_user, search.searches_per_user); "
+        "it is evaluated but finds no data"
+    )
+    assert all("\n" not in warning for warning in rules.warnings)
+
+
+def test_the_packaged_rules_name_only_registered_metrics():
+    assert load_rules(DEFAULT_RULES_PATH).warnings == ()
+
+
+@pytest.mark.parametrize("command", [["alerts", "list"], ["alerts", "evaluate", "--at", "2026-03-11T01:00:00Z"]])
+def test_kpi_alerts_shows_the_warnings_and_still_evaluates_the_rules(warehouse, tmp_path, monkeypatch, capsys, command):
+    from kpi_pipelines import cli
+
+    monkeypatch.setenv("KPI_WAREHOUSE_URL", warehouse.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("KPI_WAREHOUSE_SCHEMA", warehouse.schema or "")
+    path = write(tmp_path, UNKNOWN_METRIC_RULES)
+    monkeypatch.setenv("KPI_ALERT_RULES", str(path))
+    assert cli.main(command) == 0
+    captured = capsys.readouterr()
+    warnings = captured.err.splitlines()
+    assert len(warnings) == 3
+    assert warnings[0].startswith(f"kpi: warning: {path}: rule 'typo': unknown metric 'search.clickthrough_rate' (closest: search.click_through_rate")
+    if command[1] == "evaluate":
+        assert "evaluated 4 rules" in captured.out  # the rules with unknown metrics are evaluated too: no data, no alert
+        assert "0 firing, 0 pending" in captured.out
+    else:
+        assert "open alerts: 0" in captured.out
+
+
+def test_the_evaluation_run_logs_the_warnings(duckdb_warehouse, tmp_path):
+    from dagster import instance_for_test
+
+    from kpi_pipelines.alerts.config import AlertingResource
+    from kpi_pipelines.alerts.job import alert_evaluation_job
+    from kpi_pipelines.warehouse import WarehouseResource
+
+    path = write(tmp_path, UNKNOWN_METRIC_RULES)
+    resources = {
+        "warehouse": WarehouseResource(url=duckdb_warehouse.url.render_as_string(hide_password=False)),
+        "alerting": AlertingResource(rules_path=str(path)),
+    }
+    with instance_for_test() as instance:
+        result = alert_evaluation_job.execute_in_process(instance=instance, resources=resources)
+        assert result.success
+        logged = [
+            record.user_message for record in instance.all_logs(result.run_id)
+            if record.level == logging.WARNING and "finds no data" in record.user_message
+        ]
+    assert len(logged) == 3 and logged[0].startswith(f"{path}: rule 'typo': unknown metric 'search.clickthrough_rate'")

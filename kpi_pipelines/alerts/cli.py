@@ -59,6 +59,12 @@ def _rules(settings: AlertSettings) -> RuleSet | None:
         return None
 
 
+def _warn(ruleset: RuleSet) -> None:
+    """The rules' warnings (metrics the registry does not know), one line each, on stderr."""
+    for warning in ruleset.warnings:
+        print(f"kpi: warning: {ruleset.path}: {warning}", file=sys.stderr)
+
+
 def _rule_exists(name: str, also: str = "") -> bool:
     """Whether the rules file validates and defines `name`; else says why on stderr."""
     settings = AlertSettings.from_env()
@@ -81,6 +87,7 @@ def evaluate_and_print(at: dt.datetime | None = None, out: Callable[[str], Any] 
     ruleset = _rules(settings)
     if ruleset is None:
         return 1
+    _warn(ruleset)
     report = run_evaluation(_warehouse(), ruleset, settings, at, trigger=trigger)
     out(report.summary())
     for rule, dims, transition in report.transitions:
@@ -164,10 +171,12 @@ def list_alerts(warehouse, now: dt.datetime | None = None, recent: int = 10) -> 
 def cmd_list(args: argparse.Namespace) -> int:
     """The stored alerts are listed even when the rules file is broken (they are what the
     last good rules produced), but the exit status says the rules are invalid."""
-    valid = _rules(AlertSettings.from_env()) is not None
+    ruleset = _rules(AlertSettings.from_env())
+    if ruleset is not None:
+        _warn(ruleset)
     for line in list_alerts(_warehouse()):
         print(line)
-    return 0 if valid else 1
+    return 0 if ruleset is not None else 1
 
 
 def cmd_silence(args: argparse.Namespace) -> int:

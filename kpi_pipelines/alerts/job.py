@@ -66,6 +66,8 @@ def evaluate_alerts(
 ) -> dict:
     settings = alerting.get_settings()
     ruleset = load_rules(settings.rules_path)  # a broken rules file fails the run: the failure sensor says so
+    for warning in ruleset.warnings:
+        context.log.warning(f"{ruleset.path}: {warning}")
     at = parse_at(config.at) if config.at else None
     with retry_only_transient():
         report = run_evaluation(

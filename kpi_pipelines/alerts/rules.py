@@ -3,6 +3,13 @@
 Every problem is reported, each naming the rule and the field, e.g.
 ``rules[2] (low_conversion).thresholds.critical: expected a number, got 'low'``; a file
 with any problem loads nothing. The format is documented in docs/alerts.md.
+
+A rule on a metric the metric registry does not know (a typo such as
+`search.clickthrough_rate`, a pattern, a level the metric is not rolled up to) is valid but
+would never find data: it loads with one warning line naming the closest registered names
+(`RuleSet.warnings`), shown by `kpi alerts list` / `evaluate` and logged by the evaluation
+run, and is still evaluated. The registry, not the data, decides: a metric without values
+yet is no typo.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kpi_pipelines.kpis import registry
 
 SEVERITIES = ("critical", "warning", "info")  # most severe first
 CONDITIONS = ("greater_than", "less_than", "equals", "not_equals", "anomaly", "change_pct")
@@ -135,6 +144,7 @@ class RuleSet:
     channels: Mapping[str, Channel]
     dagster_channels: tuple[str, ...] = ()
     path: str = ""
+    warnings: tuple[str, ...] = ()  # one line per rule whose metrics the registry does not know
 
     @property
     def active_rules(self) -> tuple[Rule, ...]:
@@ -511,7 +521,34 @@ def parse_rules(document: Any, path: str = "<rules>") -> RuleSet:
             rules.append(rule)
     if errors.errors:
         raise RulesError(path, errors.errors)
-    return RuleSet(tuple(rules), channels, dagster_channels, path)
+    warnings = tuple(warning for warning in map(metric_warning, rules) if warning)
+    return RuleSet(tuple(rules), channels, dagster_channels, path, warnings)
+
+
+def _metric_problem(metric: str, level: str) -> str | None:
+    """Why the registry says `metric` at `level` has no data, or None."""
+    spec = registry.BY_NAME.get(metric)
+    if spec is not None:
+        if level in spec.levels:
+            return None
+        return f"metric {metric!r} has no {level} values (it has {', '.join(spec.levels)})"
+    if any(char in metric for char in "*?["):
+        matches = registry.matching(metric)
+        listed = f"it matches {', '.join(matches[:3])}{', …' if len(matches) > 3 else ''}" if matches else "it matches no registered metric"
+        return f"metric {metric!r} is a pattern, but a rule reads one metric by its exact name ({listed})"
+    close = registry.closest(metric)
+    hint = f"closest: {', '.join(close)}" if close else "no registered name is close; see docs/metrics.md's index"
+    return f"unknown metric {metric!r} ({hint})"
+
+
+def metric_warning(rule: Rule) -> str | None:
+    """One line naming the rule and every metric of it (its own, its min_samples count) that
+    would find no data, or None."""
+    metrics = [rule.metric] + ([rule.min_samples.metric] if rule.min_samples else [])
+    problems = [problem for problem in (_metric_problem(m, rule.aggregation_level) for m in dict.fromkeys(metrics)) if problem]
+    if not problems:
+        return None
+    return f"rule {rule.name!r}: {'; '.join(problems)}; it is evaluated but finds no data"
 
 
 def load_rules(path: str | Path) -> RuleSet:

@@ -65,6 +65,7 @@ from kpi_pipelines.api.security import (
     presented_key,
     verify_signature,
 )
+from kpi_pipelines.kpis import registry
 from kpi_pipelines.warehouse import Warehouse, parse_warehouse_url
 
 try:
@@ -101,55 +102,22 @@ MAX_RANGE_DAYS = 3700
 _DIMENSION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\-]{1,200}$")
 
-# The seed's reading endpoints: path under /api/kpi/ -> (summary, metric names or patterns).
-# Every name is defined in docs/metrics.md.
+# The seed's reading endpoints: path under /api/kpi/ -> its summary. The metrics each serves
+# come from the metric registry (MetricSpec.endpoint); a registry endpoint without a summary
+# here fails at import.
+ENDPOINT_SUMMARIES = {
+    "data-quality/completeness": "Catalog completeness, overall, per required field and per category",
+    "data-quality/normalization": "Catalog normalization (brand, category, price, title), its score and the quality score",
+    "retrieval/precision-recall": "Retrieval quality over judged queries: precision, recall, MRR, nDCG",
+    "search/success-rate": "Search success, click-through and no-results rates, and query volume",
+    "user/engagement": "Engagement: searches and sessions per user, refinements, click position, time to first click",
+    "user/satisfaction": "Search satisfaction (mean 1-5 rating) and CSAT",
+    "business/conversion-rate": "Session conversion rate",
+    "business/revenue-metrics": "Revenue, orders, average order value, revenue per session, 30-day customer value",
+    "business/customer-retention": "Day-1 and day-7 retention of each first-seen cohort",
+}
 KPI_ENDPOINTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "data-quality/completeness": (
-        "Catalog completeness, overall, per required field and per category",
-        ("data_quality.completeness", "data_quality.completeness.*"),
-    ),
-    "data-quality/normalization": (
-        "Catalog normalization (brand, category, price, title), its score and the quality score",
-        ("data_quality.normalization.*", "data_quality.normalization_score", "data_quality.quality_score"),
-    ),
-    "retrieval/precision-recall": (
-        "Retrieval quality over judged queries: precision, recall, MRR, nDCG",
-        ("retrieval.*",),
-    ),
-    "search/success-rate": (
-        "Search success, click-through and no-results rates, and query volume",
-        ("search.success_rate", "search.click_through_rate", "search.no_results_rate", "search.queries"),
-    ),
-    "user/engagement": (
-        "Engagement: searches and sessions per user, refinements, click position, time to first click",
-        (
-            "search.searches_per_user",
-            "search.sessions_per_user",
-            "search.refinements_per_session",
-            "search.average_click_position",
-            "search.time_to_first_click_ms.p50",
-            "search.time_to_first_click_ms.p90",
-        ),
-    ),
-    "user/satisfaction": (
-        "Search satisfaction (mean 1-5 rating) and CSAT",
-        ("search.satisfaction", "search.satisfaction.csat"),
-    ),
-    "business/conversion-rate": ("Session conversion rate", ("business.conversion_rate",)),
-    "business/revenue-metrics": (
-        "Revenue, orders, average order value, revenue per session, 30-day customer value",
-        (
-            "business.revenue",
-            "business.orders",
-            "business.average_order_value",
-            "business.revenue_per_session",
-            "business.customer_lifetime_value_30d",
-        ),
-    ),
-    "business/customer-retention": (
-        "Day-1 and day-7 retention of each first-seen cohort",
-        ("business.retention.day_1", "business.retention.day_7"),
-    ),
+    path: (ENDPOINT_SUMMARIES[path], names) for path, names in registry.endpoints().items()
 }
 
 

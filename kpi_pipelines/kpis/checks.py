@@ -1,26 +1,17 @@
 """The Great Expectations check every KPI asset runs on the rows it wrote to `kpi_metrics`."""
 
 import datetime as dt
-import re
 from collections.abc import Mapping
 
 import pandas as pd
 from dagster import AssetCheckResult, MetadataValue
 
 from kpi_pipelines.expectations import check_result, validate
+from kpi_pipelines.kpis.registry import is_bounded
 from kpi_pipelines.warehouse import Warehouse
 from kpi_pipelines.partitions import days_in
 
 CHECK_NAME = "kpi_rows_valid"
-# Metrics that are proportions, so must lie in [0, 1] (docs/metrics.md says the same).
-PROPORTION = re.compile(
-    r"(_rate$|\.completeness|\.normalization|quality_score$|precision_at_|recall_at_|\.mrr$|ndcg_at_|"
-    r"\.retention\.|\.csat$)"
-)
-
-
-def is_proportion(metric_name: str) -> bool:
-    return bool(PROPORTION.search(metric_name))
 
 
 def kpi_rows_frame(warehouse: Warehouse, source_asset: str, start: dt.date, end: dt.date) -> pd.DataFrame:
@@ -30,8 +21,9 @@ def kpi_rows_frame(warehouse: Warehouse, source_asset: str, start: dt.date, end:
         {"asset": source_asset, "start": dt.datetime.combine(start, dt.time()), "end": dt.datetime.combine(end, dt.time())},
     )
     frame = pd.DataFrame(rows, columns=["metric_name", "metric_value", "dimensions", "timestamp", "aggregation_level"])
-    # proportions only; other metrics are NaN here, which GX's range check skips
-    frame["proportion_value"] = frame["metric_value"].where(frame["metric_name"].map(is_proportion))
+    # proportions and p-values only (the registry's bounded kinds); other metrics are NaN
+    # here, which GX's range check skips
+    frame["proportion_value"] = frame["metric_value"].where(frame["metric_name"].map(is_bounded))
     return frame
 
 

@@ -9,20 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 
+from kpi_pipelines.kpis.registry import names_of
 from kpi_pipelines.kpis.store import Metric, metrics_from_columns
 from kpi_pipelines.warehouse import Warehouse
 from kpi_pipelines.warehouse.dialect import Dialect
 from kpi_pipelines.warehouse.expressions import normalized_query_sql
 
-METRIC_NAMES = (
-    "retrieval.judged_queries",
-    "retrieval.precision_at_5",
-    "retrieval.precision_at_10",
-    "retrieval.recall_at_5",
-    "retrieval.recall_at_10",
-    "retrieval.mrr",
-    "retrieval.ndcg_at_10",
-)
+# the columns of the query, named as stored (the metric registry keeps the names)
+METRIC_NAMES = names_of("retrieval_metrics")
 
 
 def _double(expression: str) -> str:

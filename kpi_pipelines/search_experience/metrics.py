@@ -10,24 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 
+from kpi_pipelines.kpis.registry import names_of
 from kpi_pipelines.kpis.store import Metric, metrics_from_columns
 from kpi_pipelines.warehouse import Warehouse
 from kpi_pipelines.warehouse.dialect import Dialect
 
-METRIC_NAMES = (
-    "search.queries",
-    "search.click_through_rate",
-    "search.no_results_rate",
-    "search.success_rate",
-    "search.average_click_position",
-    "search.time_to_first_click_ms.p50",
-    "search.time_to_first_click_ms.p90",
-    "search.refinements_per_session",
-    "search.satisfaction",
-    "search.satisfaction.csat",
-    "search.searches_per_user",
-    "search.sessions_per_user",
-)
+# the columns of the query, named as stored (the metric registry keeps the names)
+METRIC_NAMES = names_of("search_experience_metrics")
 
 IN_RANGE = "event_date >= CAST(:start AS DATE) AND event_date < CAST(:end AS DATE)"
 
