@@ -1,4 +1,4 @@
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 # Versions checked to work together on this registry (see docs/decisions.md):
 # dagster 1.13.27 pairs with the 0.29.27 integrations; dbt-core 1.12 needs network at install.
@@ -6,9 +6,16 @@ setup(
     name="kpi_pipelines",
     version="0.1.0",
     description="Dagster project measuring the AutoDescribe retrieval-augmented product system",
-    packages=find_packages(exclude=["kpi_pipelines_tests*"]),
-    include_package_data=True,
-    package_data={"kpi_pipelines": ["defaults/*", "alerts/*.yaml", "api/static/*", "api/pages/*"]},
+    # The data directories (defaults/, api/pages/, api/static/) have no __init__.py, yet Python
+    # imports them as namespace packages: listed as packages with their files as package data,
+    # setuptools installs them without its "absent from `packages`" warning.
+    packages=find_namespace_packages(include=["kpi_pipelines", "kpi_pipelines.*"], exclude=["*.__pycache__"]),
+    package_data={
+        "kpi_pipelines.defaults": ["*"],
+        "kpi_pipelines.alerts": ["*.yaml"],
+        "kpi_pipelines.api.pages": ["*"],
+        "kpi_pipelines.api.static": ["*"],
+    },
     python_requires=">=3.10",
     install_requires=[
         "dagster==1.13.27",

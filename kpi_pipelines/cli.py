@@ -4,10 +4,12 @@ non-zero exit; set KPI_DEBUG=1 to see the traceback as well."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import json
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -53,6 +55,8 @@ def _warehouse(settings: Settings, interactive: bool = False):
 def cmd_generate(args: argparse.Namespace) -> int:
     from kpi_pipelines.synthetic import generate
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
     traffic = generate(Path(args.out), days=args.days, sessions=args.sessions, seed=args.seed, start=args.start)
     print(
         f"wrote {traffic.events} events ({traffic.bad_lines} invalid and {traffic.duplicate_lines} repeated on purpose) "
@@ -68,16 +72,39 @@ def ingest_files(settings: Settings, files: Sequence[str]) -> tuple[int, int, in
     loader = EventLoader(_warehouse(settings), settings.pii_salt)
     totals = [0, 0, 0]
     for name in files:
-        result = loader.load_file(name)
-        print(f"{name}: {result.accepted} accepted, {result.duplicates} duplicates, {result.rejected} rejected")
+        result = loader.load_file(name, require_json_lines=True)
+        print(f"{name}: {result.accepted:,} accepted, {result.duplicates:,} duplicates, {result.rejected:,} rejected")
         totals = [totals[0] + result.accepted, totals[1] + result.duplicates, totals[2] + result.rejected]
     if len(files) > 1:
-        print(f"total: {totals[0]} accepted, {totals[1]} duplicates, {totals[2]} rejected")
+        print(f"total: {totals[0]:,} accepted, {totals[1]:,} duplicates, {totals[2]:,} rejected")
     return totals[0], totals[1], totals[2]
 
 
+def event_files(names: Sequence[str]) -> list[str]:
+    """The files to ingest: each name as given, a directory as its event files (the names the
+    landing directory takes: *.jsonl, *.jsonl.gz, *.ndjson, *.ndjson.gz; not hidden, not in
+    subdirectories) in name order."""
+    from kpi_pipelines.ingestion.loader import IngestError
+    from kpi_pipelines.ingestion.resources import EVENT_FILE_SUFFIXES
+
+    files: list[str] = []
+    for name in names:
+        if not Path(name).is_dir():
+            files.append(name)
+            continue
+        found = sorted(
+            str(path) for path in Path(name).iterdir()
+            if path.is_file() and not path.name.startswith(".") and path.name.endswith(EVENT_FILE_SUFFIXES)
+        )
+        if not found:
+            raise IngestError(f"{name}: a directory without event files ({', '.join('*' + s for s in EVENT_FILE_SUFFIXES)})")
+        files += found
+    return files
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
-    ingest_files(Settings.from_env(warn_salt=True), args.files)
+    files = event_files(args.files)
+    ingest_files(Settings.from_env(warn_salt=True), files)
     return 0
 
 
@@ -210,7 +237,17 @@ def glob_to_like(pattern: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
+# what a --name pattern may hold: the characters of metric names and the wildcards * and ?
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.*?-]+")
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
+    if args.start and args.end and args.end < args.start:
+        raise UsageError(f"--end {args.end} is before --start {args.start}")
+    if args.name is not None and not NAME_PATTERN.fullmatch(args.name):
+        raise UsageError(
+            f"--name {args.name!r} is not a metric name pattern (letters, digits, '_', '.', '-' and the wildcards * and ?)"
+        )
     rows = query_metrics(Settings.from_env(), args.name, args.start, args.end)
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=2)
@@ -219,45 +256,68 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(sys.stdout, fieldnames=["metric_name", "metric_value", "dimensions", "timestamp", "aggregation_level"])
         writer.writeheader()
         writer.writerows(rows)
-    else:
+    elif rows:
         print_table(rows)
+    else:
+        asked = [f"named {args.name!r}"] if args.name else []
+        asked += [f"from {args.start}"] if args.start else []
+        asked += [f"to {args.end}"] if args.end else []
+        print(f"no metrics {' '.join(asked)}" if asked else "no metrics yet (kpi materialize computes them)")
     return 0
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        print("no metrics")
-        return
-    shown = [{**row, "metric_value": f"{row['metric_value']:.6g}"} for row in rows]
+    from kpi_pipelines.display import readable_number
+
+    shown = [{**row, "metric_value": readable_number(row["metric_value"], significant=6)} for row in rows]
     widths = {key: max(len(key), *(len(str(row[key])) for row in shown)) for key in shown[0]}
     print("  ".join(key.ljust(width) for key, width in widths.items()))
     for row in shown:
         print("  ".join(str(row[key]).ljust(width) for key, width in widths.items()))
 
 
+@contextlib.contextmanager
+def _into(log: Any):
+    """Python's stdout and stderr into `log`: dbt's output (dagster-dbt re-emits it on
+    sys.stdout), Dagster's logs and warnings, the log-only alert notifications."""
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        yield
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Prints what a person reads (the steps, the KPI tables, the alerts); everything else
+    goes to DIR/demo.log, named in the output."""
     from kpi_pipelines.ingestion.catalog import load_catalog, load_judgments
     from kpi_pipelines.synthetic import generate
 
-    settings = Settings.from_env(warn_salt=True)
+    settings = Settings.from_env()  # synthetic traffic: the development salt is no concern here
     out = Path(args.out)
+    log_path = out / "demo.log"
+    os.environ.setdefault("DBT_USE_COLORS", "false")  # no ANSI colour codes in the log file
     end = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
     start = end - dt.timedelta(days=args.days - 1)
     print(f"1/5 generating {args.days} days of traffic ({args.sessions} sessions a day) into {out}")
     traffic = generate(out, days=args.days, sessions=args.sessions, seed=args.seed, start=start)
-    print(f"2/5 loading the catalog and judgments, ingesting {traffic.events} events")
+    print(f"2/5 loading the catalog and judgments, ingesting {traffic.events:,} events")
     warehouse = _warehouse(settings)
     load_catalog(warehouse, traffic.catalog_path)
     load_judgments(warehouse, traffic.judgments_path)
     ingest_files(settings, [str(traffic.events_path)])
-    print(f"3/5 materializing {start}..{end}")
-    materialize(start, end)
-    print("4/5 summary")
-    print_summary(settings, start, end)
-    print("\n5/5 evaluating the alert rules (the packaged daily rules judge yesterday, the last complete day)")
-    from kpi_pipelines.alerts.cli import evaluate_and_print, list_alerts
+    print(f"3/5 materializing {start}..{end} (dbt's and Dagster's logs: {log_path})")
+    terminal = sys.stdout
+    with open(log_path, "w", encoding="utf-8") as log:
+        with _into(log):
+            materialize(start, end)
+        print("4/5 summary")
+        print_summary(settings, start, end)
+        print("\n5/5 evaluating the alert rules (the packaged daily rules judge yesterday, the last complete day)")
+        from kpi_pipelines.alerts.cli import evaluate_and_print, list_alerts
+        from kpi_pipelines.alerts.config import AlertSettings
 
-    status = evaluate_and_print(trigger="demo")
+        with _into(log):
+            status = evaluate_and_print(trigger="demo", out=lambda line: print(line, file=terminal))
+        if not AlertSettings.from_env().slack_token:
+            print(f"  (the log the notifications went to: {log_path})")
     if status == 0:
         for line in list_alerts(warehouse):
             print(line)
@@ -277,6 +337,8 @@ DOMAINS = (
 
 def print_summary(settings: Settings, start: dt.date, end: dt.date) -> None:
     """Per domain, each overall daily KPI: its last day's value and its mean over the range."""
+    from kpi_pipelines.display import readable_number
+
     warehouse = _warehouse(settings)
     events = warehouse.query(
         "SELECT event_type, count(*) FROM raw_events WHERE event_date BETWEEN :start AND :end GROUP BY 1 ORDER BY 1",
@@ -299,7 +361,7 @@ def print_summary(settings: Settings, start: dt.date, end: dt.date) -> None:
         for name, points in sorted(series.items()):
             last = max(points)[1]
             mean = sum(value for _, value in points) / len(points)
-            print(f"  {name.ljust(width)}  {last:>12.4g}  {mean:>12.4g}")
+            print(f"  {name.ljust(width)}  {readable_number(last):>12}  {readable_number(mean):>12}")
     dimensioned = len(rows) - len(overall)
     if dimensioned:
         print(f"\n(+ {dimensioned:,} values by dimension: kpi metrics --format table shows them all)")
@@ -311,6 +373,18 @@ def print_summary(settings: Settings, start: dt.date, end: dt.date) -> None:
     print(f"\nanomalies flagged: {len(anomalies)}")
     for name, dims, day, direction, z in anomalies[:10]:
         print(f"  {day} {name} {dims} {direction} (z={'flat history' if z is None else f'{z:.1f}'})")
+
+
+def announce_warehouse(stream: Any) -> None:
+    """One line naming the warehouse (a DuckDB file's absolute path) on `stream`, and one
+    warning line on stderr for a relative DuckDB path inside a git repository."""
+    from kpi_pipelines.display import warehouse_location
+
+    settings = Settings.from_env()
+    line, warning = warehouse_location(_warehouse(settings))
+    print(line, file=stream, flush=True)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="load JSONL event files (.jsonl, .jsonl.gz) into raw_events")
     p.add_argument("files", nargs="+")
-    p.set_defaults(func=cmd_ingest)
+    p.set_defaults(func=cmd_ingest, opens_warehouse=True)
 
     for name, kind, text in (
         ("load-catalog", "catalog", "load a product catalog snapshot (CSV or JSONL) into products"),
@@ -336,12 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("file")
         p.add_argument("--allow-rejects", action="store_true", help="load the good rows even if some are bad")
-        p.set_defaults(func=lambda args, kind=kind: _load_reference(args, kind))
+        p.set_defaults(func=lambda args, kind=kind: _load_reference(args, kind), opens_warehouse=True)
 
     p = sub.add_parser("materialize", help="materialize the asset graph for a range of UTC days")
     p.add_argument("--start", type=_date, required=True)
     p.add_argument("--end", type=_date, default=None, help="last day, included (default: --start)")
-    p.set_defaults(func=cmd_materialize)
+    p.set_defaults(func=cmd_materialize, opens_warehouse=True)
 
     landing = sub.add_parser("landing", help="landing files that could not be read (KPI_LANDING_DIR/failed)")
     actions = landing.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -356,18 +430,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=_date, default=None)
     p.add_argument("--end", type=_date, default=None)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    p.set_defaults(func=cmd_metrics)
+    p.set_defaults(func=cmd_metrics, opens_warehouse=True)
 
     p = sub.add_parser("demo", help="generate traffic, ingest, materialize and summarize on the embedded default")
     p.add_argument("--out", default="data/demo")
     p.add_argument("--days", type=_positive, default=7)
     p.add_argument("--sessions", type=_positive, default=1500)
     p.add_argument("--seed", type=int, default=42)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, opens_warehouse=True)
 
     from kpi_pipelines.alerts.cli import add_alert_commands
 
     add_alert_commands(sub)
+    sub.choices["alerts"].set_defaults(opens_warehouse=True)
 
     from kpi_pipelines.api import add_serve_command
 
@@ -383,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "opens_warehouse", False):
+            # where the data goes, before anything is written; stderr when stdout is data
+            announce_warehouse(sys.stderr if getattr(args, "format", "table") != "table" else sys.stdout)
         return args.func(args)
     except UsageError as error:
         print(f"kpi: error: {error}", file=sys.stderr)

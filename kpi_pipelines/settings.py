@@ -3,6 +3,7 @@ and default. Read at the edges only (definitions, the CLI), never deep in the co
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -73,6 +74,15 @@ def seconds_setting(name: str) -> float:
     return value
 
 
+@functools.cache
+def _warn_development_salt() -> None:
+    print(
+        "kpi: warning: KPI_PII_SALT is not set; user ids are pseudonymized with the "
+        "development salt (set a secret in production)",
+        file=sys.stderr,
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     warehouse_url: str
@@ -84,12 +94,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, warn_salt: bool = False) -> "Settings":
+        """`warn_salt`: for commands that pseudonymize events; warns (once per process) when
+        KPI_PII_SALT is not set."""
         if warn_salt and setting("KPI_PII_SALT") == DEVELOPMENT_SALT:
-            print(
-                "kpi: warning: KPI_PII_SALT is not set; user ids are pseudonymized with the "
-                "development salt (set a secret in production)",
-                file=sys.stderr,
-            )
+            _warn_development_salt()
         return cls(
             warehouse_url=setting("KPI_WAREHOUSE_URL"),
             warehouse_schema=setting("KPI_WAREHOUSE_SCHEMA"),

@@ -70,7 +70,7 @@ def test_ingest_prints_counts_and_metrics_filters(tmp_path, kpi_env):
     events.write_text("\n".join([json.dumps(event("a")), json.dumps(event("a")), "oops"]) + "\n")
     result = run_kpi("ingest", str(events), env=kpi_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{events}: 1 accepted, 1 duplicates, 1 rejected"
+    assert result.stdout.splitlines() == [f"warehouse: {tmp_path / 'w.duckdb'}", f"{events}: 1 accepted, 1 duplicates, 1 rejected"]
     empty = run_kpi("metrics", "--name", "retrieval.*", "--format", "json", env=kpi_env, cwd=tmp_path)
     assert empty.returncode == 0 and json.loads(empty.stdout) == []
 

@@ -19,6 +19,7 @@ from kpi_pipelines.alerts.rules import (
     load_rules,
     parse_duration,
 )
+from kpi_pipelines.display import readable_number
 
 
 def _at(text: str) -> dt.datetime:
@@ -114,7 +115,7 @@ def _fmt(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return readable_number(value)
     if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M")
     return str(value)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
 
 
@@ -31,30 +33,67 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 
 def check_settings():
-    """Fail early, with one line, on settings the app cannot use; warn about closed doors."""
+    """The API's settings; ConfigError, ValueError or WarehouseError (one line) for settings it
+    cannot use."""
     from kpi_pipelines.api.app import ApiState
     from kpi_pipelines.api.config import ApiSettings
 
     settings = ApiSettings.from_env()
-    state = ApiState(settings)  # validates the warehouse URL (opens nothing on DuckDB)
-    state.close()
+    ApiState(settings).close()  # validates the warehouse URL (opens nothing)
+    return settings
+
+
+def announce(settings) -> None:
+    """Where the warehouse is and, one line each, that it does not answer (the API then answers
+    503 until it does) and which doors are closed."""
+    from kpi_pipelines.api.app import ApiState
+    from kpi_pipelines.display import warehouse_location
+    from kpi_pipelines.warehouse import Warehouse, WarehouseError
+
+    line, warning = warehouse_location(Warehouse(settings.warehouse_url, settings.warehouse_schema or None))
+    print(line, flush=True)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    state = ApiState(settings)
+    try:
+        if state.warehouse is not None:  # a server: does it answer? (a DuckDB file is opened per request)
+            state.warehouse.engine
+    except WarehouseError as error:
+        print(f"kpi: warning: {error}; serving anyway: the KPI API answers 503 until it answers", file=sys.stderr)
+    finally:
+        state.close()
     if not settings.api_keys:
         print("kpi: warning: KPI_API_KEYS is not set: every /api/kpi request is refused (401)", file=sys.stderr)
     if not settings.webhook_secret:
         print("kpi: warning: KPI_WEBHOOK_SECRET is not set: the business webhook is refused (401)", file=sys.stderr)
-    return settings
+
+
+def check_address(host: str, port: int) -> None:
+    """SystemExit with one line if uvicorn could not listen on host:port (it would log its own
+    error and exit 3): bound and released here the way uvicorn binds it."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise SystemExit(f"kpi: error: {host}:{port} is already in use (another kpi serve?); choose another --port") from None
+            raise SystemExit(f"kpi: error: cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None, log_level: str = "info") -> None:
     import uvicorn
 
     from kpi_pipelines.api.config import SHUTDOWN_SECONDS, ConfigError, default_workers
+    from kpi_pipelines.warehouse import WarehouseError
 
     try:
-        check_settings()
+        settings = check_settings()
         workers = workers or default_workers()
-    except (ConfigError, ValueError) as error:
+    except (ConfigError, ValueError, WarehouseError) as error:
         raise SystemExit(f"kpi: error: {error}") from None
+    check_address(host, port)
+    announce(settings)
     uvicorn.run(
         "kpi_pipelines.api.app:create_app",
         factory=True,

@@ -50,6 +50,9 @@ EVENT_COLUMNS = (
 REJECT_COLUMNS = "rejection_id, source_file, line_no, event_id, reason, raw_text, rejected_at"
 COPY_CHUNK_BYTES = 1 << 20
 PARTIAL_TOKEN = r'[^",:{}\[\]]*$'  # the end of a cut line after its last JSON separator
+# A file handed over as events whose first lines hold no JSON object at all (a catalog CSV, a
+# log) is refused whole: rejecting every line would fill rejected_events with another file.
+SNIFF_LINES = 100
 
 
 class IngestError(Exception):
@@ -178,15 +181,21 @@ class EventLoader:
         self.salt = salt
         self.memory_limit = memory_limit
 
-    def load_file(self, path: str | os.PathLike[str], source_name: str | None = None) -> LoadResult:
+    def load_file(
+        self, path: str | os.PathLike[str], source_name: str | None = None, require_json_lines: bool = False
+    ) -> LoadResult:
+        """`require_json_lines`: refuse the whole file (IngestError, nothing written) when none
+        of its first SNIFF_LINES non-empty lines is a JSON object, so it is no event file at
+        all; for files a person names (`kpi ingest`). Otherwise, and for a file that has such
+        a line, each bad line is a rejected line."""
         file_path = Path(path)
         if not file_path.is_file():
             raise IngestError(f"{file_path}: no such file")
         source = source_name or str(file_path)
         try:
             if self.warehouse.dialect == "duckdb":
-                return self._load_into_duckdb(file_path, source)
-            return self._load_into_postgres(file_path, source)
+                return self._load_into_duckdb(file_path, source, require_json_lines)
+            return self._load_into_postgres(file_path, source, require_json_lines)
         except duckdb.Error as error:
             raise IngestError(f"{file_path}: {_read_error(error)}") from None
 
@@ -194,13 +203,15 @@ class EventLoader:
         db.execute(f"SET memory_limit = '{self.memory_limit}'")
         db.execute("SET preserve_insertion_order = true")
 
-    def _load_into_duckdb(self, path: Path, source: str) -> LoadResult:
+    def _load_into_duckdb(self, path: Path, source: str, require_json_lines: bool) -> LoadResult:
         result = LoadResult(str(path))
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         with self.warehouse.begin() as connection:
             db = connection.connection.driver_connection
             self._configure(db)
             db.execute(f"CREATE OR REPLACE TEMP TABLE kpi_lines AS {lines_sql(str(path))}")
+            if require_json_lines:
+                _refuse_unless_json_lines(db, "kpi_lines", path)
             db.execute(f"CREATE OR REPLACE TEMP TABLE kpi_stage AS {stage_sql('kpi_lines', self.salt)}")
             db.execute("DROP TABLE kpi_lines")
             try:
@@ -226,7 +237,7 @@ class EventLoader:
             self._record_file(connection, path, result, now)
         return result
 
-    def _load_into_postgres(self, path: Path, source: str) -> LoadResult:
+    def _load_into_postgres(self, path: Path, source: str, require_json_lines: bool) -> LoadResult:
         result = LoadResult(str(path))
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         with tempfile.TemporaryDirectory(prefix="kpi-load-") as workdir:
@@ -236,6 +247,8 @@ class EventLoader:
                 stage.execute(f"SET temp_directory = '{workdir}'")
                 stage.execute("SET TimeZone = 'UTC'")
                 stage.execute(f"CREATE TABLE kpi_lines AS {lines_sql(str(path))}")
+                if require_json_lines:
+                    _refuse_unless_json_lines(stage, "kpi_lines", path)
                 stage.execute(f"CREATE TABLE kpi_stage AS {stage_sql('kpi_lines', self.salt)}")
                 stage.execute("DROP TABLE kpi_lines")
                 self._count_staged(stage, "kpi_stage", result)
@@ -290,6 +303,20 @@ class EventLoader:
                 "rejected": result.rejected,
                 "now": now,
             },
+        )
+
+
+def _refuse_unless_json_lines(db: Any, lines: str, path: Path) -> None:
+    """IngestError when none of the first SNIFF_LINES non-empty lines of the table `lines` is
+    a JSON object (the caller's transaction then writes nothing)."""
+    checked, objects = db.execute(
+        f"""SELECT count(*), count(*) FILTER (WHERE json_valid(line) AND starts_with(ltrim(line), '{{'))
+            FROM (SELECT line FROM {lines} WHERE trim(line) <> '' ORDER BY rowid LIMIT {SNIFF_LINES})"""
+    ).fetchone()
+    if checked and not objects:
+        raise IngestError(
+            f"{path}: not a JSON-lines event file: none of its first {checked} non-empty lines is a JSON object; "
+            "nothing loaded"
         )
 
 
