@@ -39,6 +39,7 @@ setup(
         "fastapi>=0.115,<1",
         "uvicorn[standard]>=0.30,<1",
         "orjson>=3.9",
+        "python-dotenv>=1,<2",  # `.env`, read by `kpi` as by Dagster's commands (kpi_pipelines/program.py)
     ],
     extras_require={
         "dev": [
@@ -51,5 +52,5 @@ setup(
             "playwright>=1.45",
         ],
     },
-    entry_points={"console_scripts": ["kpi=kpi_pipelines.cli:main"]},
+    entry_points={"console_scripts": ["kpi=kpi_pipelines.program:run"]},
 )

@@ -3,14 +3,18 @@ and default. Read at the edges only (definitions, the CLI), never deep in the co
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import math
 import os
 import sys
 from dataclasses import dataclass
 
-from kpi_pipelines.ingestion.pii import DEVELOPMENT_SALT
 from kpi_pipelines.warehouse import DEFAULT_CONNECT_TIMEOUT, DEFAULT_WAREHOUSE_URL
+
+# KPI_PII_SALT's default, with a warning. Here rather than in ingestion/pii.py: importing the
+# ingestion package loads its assets, whose partitions read KPI_FIRST_DAY from this module.
+DEVELOPMENT_SALT = "kpi-pipelines-development-salt"
 
 DEFAULTS = {
     "KPI_WAREHOUSE_URL": DEFAULT_WAREHOUSE_URL,
@@ -23,6 +27,7 @@ DEFAULTS = {
     "KPI_LANDING_AFTER_LOAD": "delete",  # delete | archive | keep
     "DAGSTER_HOME": ".dagster_home",
     "KPI_NIGHTLY_LOOKBACK_DAYS": "2",
+    "KPI_FIRST_DAY": "2026-01-01",  # the first daily partition (kpi_pipelines/partitions.py)
     # alerting (docs/alerts.md)
     "KPI_ALERT_RULES": "",  # '' = the packaged kpi_pipelines/alerts/default_rules.yaml
     "SLACK_BOT_TOKEN": "",  # '' = Slack notifications go to the log
@@ -46,6 +51,10 @@ DEFAULTS = {
     "KPI_API_SNAPSHOT_MINUTE_DAYS": "7",
     "KPI_API_WORKERS": "1",
 }
+
+
+class SettingError(ValueError):
+    """A setting read as the definitions load that cannot be used; the message names the variable."""
 
 
 def setting(name: str) -> str:
@@ -81,6 +90,20 @@ def _warn_development_salt() -> None:
         "development salt (set a secret in production)",
         file=sys.stderr,
     )
+
+
+def day_setting(name: str, earliest: dt.date, latest: dt.date) -> dt.date:
+    """A UTC day (YYYY-MM-DD) from `earliest` to `latest`; a SettingError naming the variable otherwise."""
+    text = setting(name).strip()
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        day = None
+    if day is None or day.isoformat() != text:  # fromisoformat also reads 20260101 and 2026-W01-1
+        raise SettingError(f"{name}={text!r}: expected a day as YYYY-MM-DD")
+    if not earliest <= day <= latest:
+        raise SettingError(f"{name}={text!r}: expected a day from {earliest} to {latest}")
+    return day
 
 
 @dataclass(frozen=True)

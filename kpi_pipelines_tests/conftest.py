@@ -12,8 +12,15 @@ from typing import Any, Callable, Iterator
 import pytest
 import sqlalchemy as sa
 
-from kpi_pipelines.alerts.testing import FakeHTTPServer
-from kpi_pipelines.warehouse import Warehouse
+from kpi_pipelines.settings import DEFAULTS
+
+# The tests' partitions start at the documented default, whatever the developer exported or
+# `kpi demo` wrote to `.env` (a `kpi` the tests start keeps an environment value over `.env`).
+# Set before anything imports kpi_pipelines.partitions, which reads it once.
+os.environ["KPI_FIRST_DAY"] = DEFAULTS["KPI_FIRST_DAY"]
+
+from kpi_pipelines.alerts.testing import FakeHTTPServer  # noqa: E402
+from kpi_pipelines.warehouse import Warehouse  # noqa: E402
 
 POSTGRES_URL = os.environ.get("KPI_TEST_POSTGRES_URL", "")
 SALT = "test-salt"

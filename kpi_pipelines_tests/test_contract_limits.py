@@ -3,8 +3,8 @@
 Whatever validation accepts, every later stage holds: the extremes of every field go
 through the loader and `kpi materialize`. A line too long or holding a NUL byte is one
 rejected line; a file that truly cannot be read is refused in one line naming the file, the
-line and the cause. Timestamps: offsets up to ±14:00, times from the first partition to one
-day after the load.
+line and the cause. Timestamps: offsets up to ±14:00, times from the contract's earliest day
+(before the first partition, KPI_FIRST_DAY, included) to one day after the load.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from kpi_pipelines.cli import materialize
 from kpi_pipelines.ingestion.contract import EARLIEST_TIME
 from kpi_pipelines.ingestion.loader import EventLoader, IngestError
 from kpi_pipelines.partitions import daily_partitions
+from kpi_pipelines.settings import DEFAULTS, SettingError, day_setting
 from kpi_pipelines_tests.conftest import SALT, definitions_for, event
 
 DAY = dt.date(2026, 3, 10)  # conftest's event() default day
@@ -318,8 +319,13 @@ def test_a_file_that_cannot_be_read_is_refused_naming_line_and_cause(warehouse, 
         assert warehouse.scalar(f"SELECT count(*) FROM {table}") == 0
 
 
-def test_the_earliest_time_is_the_first_partition():
-    assert daily_partitions.start.date().isoformat() == EARLIEST_TIME
+def test_the_earliest_time_is_the_earliest_first_day_not_the_first_partition(monkeypatch):
+    # the contract's floor stays put; the first partition is KPI_FIRST_DAY (conftest: the
+    # default), later: the earliest accepted event above is stored before it (test_partitions.py)
+    assert EARLIEST_TIME == "2020-01-01" < daily_partitions.start.date().isoformat() == DEFAULTS["KPI_FIRST_DAY"]
+    monkeypatch.setenv("KPI_FIRST_DAY", "2019-12-31")
+    with pytest.raises(SettingError, match=r"^KPI_FIRST_DAY='2019-12-31': expected a day from 2020-01-01 to "):
+        day_setting("KPI_FIRST_DAY", dt.date.fromisoformat(EARLIEST_TIME), dt.date(2026, 12, 1))
 
 
 def test_events_md_states_every_limit():

@@ -29,7 +29,7 @@ from kpi_pipelines.ingestion.loader import IngestError, file_key
 from kpi_pipelines.ingestion.quarantine import quarantine, quarantined_before
 from kpi_pipelines.ingestion.resources import EventIngestionResource
 from kpi_pipelines.partition_checks import DailyAssetEvent, day_check_events
-from kpi_pipelines.partitions import daily_partitions, days_in
+from kpi_pipelines.partitions import before_first_day, daily_partitions, days_in, early_events_note
 from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, retry_only_transient
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
 
@@ -145,7 +145,7 @@ def _load_and_report(
     """The run's materialization and each day's check results (by partition key)."""
     loader = ingestion.loader(wh)
     explicit = [Path(name) for name in config.files]
-    accepted = duplicates = rejected = 0
+    accepted = duplicates = rejected = loaded_before_first_day = 0
     quarantined: list[dict[str, str]] = []
     vanished: list[str] = []
     new, loaded_earlier = split_loaded(wh, ingestion.landing_files())
@@ -176,6 +176,10 @@ def _load_and_report(
         context.log.info(
             f"{path}: {result.accepted} accepted, {result.duplicates} duplicates, {result.rejected} rejected; {settled}"
         )
+        early = before_first_day(result.events_by_date)
+        if early:
+            context.log.warning(f"{path}: {early_events_note(early)}")
+            loaded_before_first_day += sum(early.values())
         accepted, duplicates, rejected = (
             accepted + result.accepted,
             duplicates + result.duplicates,
@@ -200,6 +204,7 @@ def _load_and_report(
             "loaded_accepted": MetadataValue.int(accepted),
             "loaded_duplicates": MetadataValue.int(duplicates),
             "loaded_rejected": MetadataValue.int(rejected),
+            "loaded_before_first_day": MetadataValue.int(loaded_before_first_day),
             "rejected_events_total": MetadataValue.int(
                 int(wh.scalar("SELECT count(*) FROM rejected_events") or 0)
             ),

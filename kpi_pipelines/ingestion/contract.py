@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kpi_pipelines.partitions import EARLIEST_FIRST_DAY
+
 EVENT_TYPES = ("search", "generation", "review", "data_quality", "system_performance", "business")
 SOURCES = ("api", "dashboard", "system", "external")
 
@@ -30,9 +32,10 @@ MAX_TEXT_CHARS = 4096  # free text (metadata.query)
 MAX_DEPTH = 32
 MAX_NUMBER = 1e15  # |x| of a number field: sums and squares over billions of events stay finite
 MAX_INTEGER = 2**31 - 1  # integer fields are INTEGER columns in stg_events
-# The first daily partition (kpi_pipelines/partitions.py; a test keeps them equal): an
-# earlier event would be stored but never reach a KPI.
-EARLIEST_TIME = "2020-01-01"
+# The earliest accepted event time: the earliest day KPI_FIRST_DAY may name, so an accepted
+# event dated before the configured first day is stored, reported by the load, and counted
+# once KPI_FIRST_DAY is moved back (kpi_pipelines/partitions.py).
+EARLIEST_TIME = EARLIEST_FIRST_DAY.isoformat()
 # The latest accepted event time: evaluated by each load (and each API batch), not frozen.
 LATEST_TIME = "timezone('UTC', now()) + INTERVAL 1 DAY"
 

@@ -12,8 +12,6 @@ import hashlib
 import hmac
 import re
 
-DEVELOPMENT_SALT = "kpi-pipelines-development-salt"
-
 # Letters of internationalized addresses (RFC 6531: jürgen@exämple.de): every character from
 # U+00C0 up, less general and CJK punctuation. Written as the characters themselves: Python
 # and RE2 share no escape for them.
