@@ -52,12 +52,17 @@ def _warehouse(settings: Settings, interactive: bool = False):
     )
 
 
+def _output_dir(name: str) -> Path:
+    """--out DIR: a directory, created if missing; a UsageError if it names something else."""
+    if Path(name).exists() and not Path(name).is_dir():
+        raise UsageError(f"--out {name}: exists and is not a directory")
+    return Path(name)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from kpi_pipelines.synthetic import generate
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"--out {args.out}: exists and is not a directory")
-    traffic = generate(Path(args.out), days=args.days, sessions=args.sessions, seed=args.seed, start=args.start)
+    traffic = generate(_output_dir(args.out), days=args.days, sessions=args.sessions, seed=args.seed, start=args.start)
     print(
         f"wrote {traffic.events} events ({traffic.bad_lines} invalid and {traffic.duplicate_lines} repeated on purpose) "
         f"to {traffic.events_path}\nwrote {traffic.products} products to {traffic.catalog_path}\n"
@@ -68,16 +73,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def ingest_files(settings: Settings, files: Sequence[str]) -> tuple[int, int, int]:
     from kpi_pipelines.ingestion.loader import EventLoader
-    from kpi_pipelines.partitions import before_first_day, early_events_note
 
     loader = EventLoader(_warehouse(settings), settings.pii_salt)
     totals = [0, 0, 0]
     for name in files:
         result = loader.load_file(name, require_json_lines=True)
         print(f"{name}: {result.accepted:,} accepted, {result.duplicates:,} duplicates, {result.rejected:,} rejected")
-        early = before_first_day(result.events_by_date)
-        if early:
-            print(f"kpi: warning: {name}: {early_events_note(early)}", file=sys.stderr)
         totals = [totals[0] + result.accepted, totals[1] + result.duplicates, totals[2] + result.rejected]
     if len(files) > 1:
         print(f"total: {totals[0]:,} accepted, {totals[1]:,} duplicates, {totals[2]:,} rejected")
@@ -288,24 +289,6 @@ def _into(log: Any):
         yield
 
 
-def record_demo_first_day(start: dt.date, env_file: Path) -> str:
-    """Unless KPI_FIRST_DAY is set (in the environment or `env_file`; kept as it is), record
-    the demo's first day in `env_file`, the `.env` that `make dev`'s Dagster and later `kpi`
-    commands read, so their partitions are the demo's days rather than a year of missing
-    ones. Returns the line to print."""
-    from dotenv import dotenv_values
-
-    if os.environ.get("KPI_FIRST_DAY", "").strip() or (env_file.exists() and dotenv_values(env_file).get("KPI_FIRST_DAY")):
-        from kpi_pipelines.partitions import first_day
-
-        if first_day() > start:
-            raise UsageError(f"KPI_FIRST_DAY={first_day()} is after the demo's first day {start}: set it to {start} or earlier")
-        return f"daily partitions from KPI_FIRST_DAY={first_day()} (set already: kept)"
-    text = env_file.read_text() if env_file.exists() else ""
-    env_file.write_text(text + ("\n" if text and not text.endswith("\n") else "") + f"KPI_FIRST_DAY={start}\n")
-    return f"daily partitions from KPI_FIRST_DAY={start}, recorded in {env_file.resolve()} for `make dev` and later kpi commands"
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Prints what a person reads (the steps, the KPI tables, the alerts); everything else
     goes to DIR/demo.log, named in the output."""
@@ -313,12 +296,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from kpi_pipelines.synthetic import generate
 
     settings = Settings.from_env()  # synthetic traffic: the development salt is no concern here
-    out = Path(args.out)
+    out = _output_dir(args.out)
     log_path = out / "demo.log"
     os.environ.setdefault("DBT_USE_COLORS", "false")  # no ANSI colour codes in the log file
     end = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
     start = end - dt.timedelta(days=args.days - 1)
-    print(record_demo_first_day(start, Path(".env")))
     print(f"1/5 generating {args.days} days of traffic ({args.sessions} sessions a day) into {out}")
     traffic = generate(out, days=args.days, sessions=args.sessions, seed=args.seed, start=start)
     print(f"2/5 loading the catalog and judgments, ingesting {traffic.events:,} events")
@@ -488,7 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"kpi: error: {error}", file=sys.stderr)
         return 2
-    except (WarehouseError, IngestError, CatalogError, QuarantineError, OSError) as error:
+    # ValueError: a setting the command cannot use, named by kpi_pipelines.settings
+    except (WarehouseError, IngestError, CatalogError, QuarantineError, OSError, ValueError) as error:
         print(f"kpi: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

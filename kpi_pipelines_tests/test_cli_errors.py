@@ -110,13 +110,23 @@ def test_metrics_refuses_a_backwards_range_and_a_pattern_no_name_can_match(wareh
     assert "24,560" in found.stdout and "e+" not in found.stdout  # not 2.456e+04
 
 
-def test_generate_into_an_existing_file_is_one_line(tmp_path):
+def test_generate_or_demo_into_an_existing_file_is_one_line(tmp_path):
     existing = tmp_path / "traffic"
     existing.write_text("a file\n")
-    result = kpi("generate", "--out", str(existing), "--days", "1", "--sessions", "1", env={}, cwd=tmp_path)
-    assert result.returncode == 2
-    assert one_error(result) == f"kpi: error: --out {existing}: exists and is not a directory"
+    env = {"KPI_WAREHOUSE_URL": f"duckdb:///{tmp_path / 'w.duckdb'}", "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    for command in (["generate", "--out", str(existing), "--days", "1", "--sessions", "1"], ["demo", "--out", str(existing)]):
+        result = kpi(*command, env=env, cwd=tmp_path)
+        assert result.returncode == 2, command
+        assert one_error(result) == f"kpi: error: --out {existing}: exists and is not a directory"
     assert existing.read_text() == "a file\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["traffic"]  # nothing else written
+
+
+def test_a_setting_the_command_cannot_use_is_one_line(tmp_path):
+    env = {"KPI_WAREHOUSE_URL": f"duckdb:///{tmp_path / 'w.duckdb'}", "KPI_WAREHOUSE_CONNECT_TIMEOUT": "abc"}
+    result = kpi("metrics", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert one_error(result) == "kpi: error: KPI_WAREHOUSE_CONNECT_TIMEOUT='abc': expected a positive number of seconds"
 
 
 def test_the_salt_warning_is_printed_once_per_process(tmp_path):
