@@ -73,12 +73,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def ingest_files(settings: Settings, files: Sequence[str]) -> tuple[int, int, int]:
     from kpi_pipelines.ingestion.loader import EventLoader
+    from kpi_pipelines.partitions import before_first_day, early_events_note
 
     loader = EventLoader(_warehouse(settings), settings.pii_salt)
     totals = [0, 0, 0]
     for name in files:
         result = loader.load_file(name, require_json_lines=True)
         print(f"{name}: {result.accepted:,} accepted, {result.duplicates:,} duplicates, {result.rejected:,} rejected")
+        early = before_first_day(result.events_by_date)
+        if early:
+            print(f"kpi: warning: {name}: {early_events_note(early)}", file=sys.stderr)
         totals = [totals[0] + result.accepted, totals[1] + result.duplicates, totals[2] + result.rejected]
     if len(files) > 1:
         print(f"total: {totals[0]:,} accepted, {totals[1]:,} duplicates, {totals[2]:,} rejected")
@@ -289,6 +293,24 @@ def _into(log: Any):
         yield
 
 
+def record_demo_first_day(start: dt.date, env_file: Path) -> str:
+    """Unless KPI_FIRST_DAY is set (in the environment or `env_file`; kept as it is), record
+    the demo's first day in `env_file`, the `.env` that `make dev`'s Dagster and later `kpi`
+    commands read, so their partitions are the demo's days rather than a year of missing
+    ones. Returns the line to print."""
+    from dotenv import dotenv_values
+
+    if os.environ.get("KPI_FIRST_DAY", "").strip() or (env_file.exists() and dotenv_values(env_file).get("KPI_FIRST_DAY")):
+        from kpi_pipelines.partitions import first_day
+
+        if first_day() > start:
+            raise UsageError(f"KPI_FIRST_DAY={first_day()} is after the demo's first day {start}: set it to {start} or earlier")
+        return f"daily partitions from KPI_FIRST_DAY={first_day()} (set already: kept)"
+    text = env_file.read_text() if env_file.exists() else ""
+    env_file.write_text(text + ("\n" if text and not text.endswith("\n") else "") + f"KPI_FIRST_DAY={start}\n")
+    return f"daily partitions from KPI_FIRST_DAY={start}, recorded in {env_file.resolve()} for `make dev` and later kpi commands"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Prints what a person reads (the steps, the KPI tables, the alerts); everything else
     goes to DIR/demo.log, named in the output."""
@@ -301,6 +323,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("DBT_USE_COLORS", "false")  # no ANSI colour codes in the log file
     end = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
     start = end - dt.timedelta(days=args.days - 1)
+    print(record_demo_first_day(start, Path(".env")))
     print(f"1/5 generating {args.days} days of traffic ({args.sessions} sessions a day) into {out}")
     traffic = generate(out, days=args.days, sessions=args.sessions, seed=args.seed, start=start)
     print(f"2/5 loading the catalog and judgments, ingesting {traffic.events:,} events")
