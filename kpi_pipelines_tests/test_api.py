@@ -645,3 +645,16 @@ def test_concurrent_requests_share_durable_landing_files_and_a_bad_one_spares_th
         assert sorted(p.name for p in landing.iterdir() if not p.name.startswith(".kpi")) == [good.result().stored_as]
     finally:
         validator.close()
+
+
+def test_an_invalid_month_is_named_not_reported_as_a_reversed_range(warehouse, start_server):
+    """Issue 12, item 14: `start=2026-13-01` is answered with what is wrong with it, on both
+    warehouses, by /metrics and the dashboards' endpoints alike."""
+    server = start_server(warehouse)
+    with server.client() as client:
+        for path in ("/api/kpi/metrics", "/api/kpi/business/customer-retention"):
+            response = client.get(path, params={"start": "2026-13-01", "end": "2026-01-30"})
+            assert response.status_code == 422, response.text
+            message = response.json()["message"]
+            assert message.startswith("query parameter start:") and "month value is outside expected range" in message, message
+            assert "after" not in message

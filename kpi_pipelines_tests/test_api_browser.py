@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from dagster import RunRequest, build_sensor_context, instance_for_test
 
 from kpi_pipelines.ingestion.resources import EventIngestionResource
@@ -229,6 +230,48 @@ def test_events_posted_to_kpi_serve_reach_the_kpis_and_the_dashboard_after_the_s
         assert page.page.text_content('.tile[data-metric="search.click_through_rate"] .value') == "25.0%"
         charts = {chart["title"]: chart for chart in page.charts()}
         assert charts["Search success, click-through, no results"]["points"] >= 1
+        assert page.errors == [] and page.outside == []
+    finally:
+        page.close()
+
+
+def test_missing_lines_invalid_dates_and_overall_alerts_read_as_words(browser, warehouse, start_server):
+    """Issue 12, item 14: a retention panel without day-7 values says why; an alert without
+    dimensions reads "overall", not `{}`; `?start=2026-13-01` names the invalid month."""
+    seed_metrics(warehouse)
+    seed_alerts(warehouse)
+    with warehouse.begin() as connection:
+        connection.execute(sa.text("DELETE FROM kpi_metrics WHERE metric_name = 'business.retention.day_7'"))
+        connection.execute(sa.text(
+            "UPDATE alert_instances SET dimensions = :dims WHERE rule_name = 'rule_suppressed'"), {"dims": '{"model": "gpt-x"}'})
+    server = start_server(warehouse)
+    page = Page(browser, server.url)
+    api_requests: list[str] = []
+    page.page.on("request", lambda request: "/api/" in request.url and api_requests.append(request.url))
+    try:
+        page.open("/dashboards/executive?start=2026-13-01&end=2026-01-30")
+        page.page.wait_for_selector("body[data-state=error]")
+        status = page.page.text_content("#status")
+        assert "start=2026-13-01" in status and "month 13 does not exist" in status, status
+        assert "after the end date" not in status and api_requests == []  # nothing asked of the warehouse
+
+        page.page.fill("#start", "2026-01-01")
+        page.page.click("#apply")
+        page.sign_in()
+        page.wait_ready("2026-01-01/2026-01-30")
+        retention = page.page.locator("section.panel", has_text="Retention (day 1, day 7)")
+        assert retention.locator("path.line").count() == 1  # day 1 only
+        note = retention.locator(".note").text_content()
+        assert "No data in this range yet for business.retention.day_7." in note and "8 days of traffic" in note
+        conversion_note = page.page.locator("section.panel", has_text="Conversion rate").locator(".note").text_content()
+        assert conversion_note == ""  # nothing missing, nothing said
+
+        page.page.click("nav a[href='/dashboards/operations']")
+        page.wait_ready()
+        dimensions = page.page.eval_on_selector_all(
+            "table.alerts tbody tr", "rows => rows.map(r => [r.cells[1].textContent, r.cells[3].textContent])"
+        )
+        assert sorted(dimensions) == [["rule_active", "overall"], ["rule_suppressed", "model=gpt-x"]]
         assert page.errors == [] and page.outside == []
     finally:
         page.close()

@@ -16,6 +16,26 @@
   function todayUtc() { var now = new Date(); return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate())); }
   function parseDay(text) { return new Date(text + "T00:00:00Z"); }
 
+  // Why `text` is not a calendar date YYYY-MM-DD (naming the part that is wrong), or "".
+  function dateProblem(text) {
+    var m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(text || "");
+    if (!m) return "not a date (YYYY-MM-DD)";
+    var month = Number(m[2]), day = Number(m[3]);
+    if (month < 1 || month > 12) return "month " + m[2] + " does not exist (01 to 12)";
+    var last = new Date(Date.UTC(Number(m[1]), month, 0)).getUTCDate();
+    if (day < 1 || day > last) return "day " + m[3] + " does not exist in " + m[1] + "-" + m[2] + " (01 to " + last + ")";
+    return "";
+  }
+
+  // An alert's dimension set (JSON text, `{}` for the overall value) as people read it.
+  function dimensionsText(value) {
+    var dims = value;
+    if (typeof value === "string") { try { dims = JSON.parse(value); } catch (e) { return value; } }
+    if (!dims || typeof dims !== "object") return String(value);
+    var keys = Object.keys(dims).sort();
+    return keys.length ? keys.map(function (k) { return k + "=" + dims[k]; }).join(", ") : "overall";
+  }
+
   function setStatus(text, isError) {
     var status = $("#status");
     status.textContent = text || "";
@@ -172,7 +192,16 @@
       var series = overallSeries(body, names);
       drawChart(chart, series, range, panel.getAttribute("data-format"));
       legend(chart, series);
-      note.textContent = body._snapshot === "stale" ? "warehouse busy: values as of " + body._snapshotTime : "";
+      var notes = [];
+      var drawn = series.map(function (s) { return s.label; });
+      var missing = names.filter(function (name) { return drawn.indexOf(name) < 0; });
+      if (drawn.length && missing.length) {
+        // a line that is absent says why, rather than leaving the reader to guess (day-7 retention)
+        notes.push("No data in this range yet for " + missing.join(", ") + "." +
+          (panel.getAttribute("data-missing-note") ? " " + panel.getAttribute("data-missing-note") : ""));
+      }
+      if (body._snapshot === "stale") notes.push("warehouse busy: values as of " + body._snapshotTime);
+      note.textContent = notes.join(" ");
       return series;
     }, function (error) {
       if (error.status === 401) throw error;
@@ -223,6 +252,7 @@
         var row = tbody.insertRow();
         columns.forEach(function (c) {
           var cell = row.insertCell(), value = alert[c[0]];
+          if (c[0] === "dimensions") value = dimensionsText(value);
           cell.textContent = value === null || value === undefined ? "" : (typeof value === "number" ? format(value) : String(value));
           if (c[0] === "severity" && value) cell.className = String(value);
         });
@@ -241,6 +271,12 @@
 
   function load() {
     if (!apiKey()) { showKeyForm(); return Promise.resolve(); }
+    var bad = ["start", "end"].filter(function (id) { return dateProblem($("#" + id).value); });
+    if (bad.length) {
+      setStatus("Enter a " + bad.join(" and an ") + " date (YYYY-MM-DD).", true);
+      document.body.setAttribute("data-state", "error");
+      return Promise.resolve();
+    }
     var range = currentRange();
     if (!(range.start <= range.end)) { setStatus("The start date is after the end date.", true); return Promise.resolve(); }
     $("#key-form").classList.add("hidden");
@@ -276,6 +312,9 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     var params = new URLSearchParams(window.location.search);
+    // a date input drops a value that is not a date silently: name the bad parameter instead
+    var invalid = ["start", "end"].filter(function (name) { return params.get(name) && dateProblem(params.get(name)); });
+    invalid.forEach(function (name) { params.delete(name); });
     $("#end").value = params.get("end") || isoDay(todayUtc());
     if (params.get("start")) $("#start").value = params.get("start"); else setDays(30);
     $("#range").addEventListener("submit", function (event) { event.preventDefault(); load(); });
@@ -292,6 +331,15 @@
       $("#api-key").value = "";
       load();
     });
+    if (invalid.length) {
+      var search = new URLSearchParams(window.location.search);
+      setStatus("The address's " + invalid.map(function (name) {
+        return name + "=" + search.get(name) + " is " + (/^not/.test(dateProblem(search.get(name))) ? "" : "not a date: ") +
+          dateProblem(search.get(name));
+      }).join("; ") + ". Choose the dates below.", true);
+      document.body.setAttribute("data-state", "error");
+      return;
+    }
     load();
   });
 })();
