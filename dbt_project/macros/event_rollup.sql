@@ -9,11 +9,11 @@
   bucket with events (0 when none of that kind); a rate whose denominator is 0 and a
   percentile with no values are not written (no row), as for the daily KPIs.
 
-  Where a name is also a daily KPI of the Python assets (search.click_through_rate,
-  search.no_results_rate, search.queries, content.generation_error_rate,
-  content.generation_latency_ms.p50/p95, system.error_rate, system.latency_ms.p50/p95,
-  business.orders, business.revenue) the definition is the same (docs/metrics.md), so the day
-  rollup equals the daily KPI; kpi_pipelines_tests/test_rollups.py checks it.
+  Where a name is also a daily KPI of the Python assets (the metric registry,
+  kpi_pipelines/kpis/registry.py, marks them rollup "events" with a Python producer) the
+  definition is the same (docs/metrics.md), so the day rollup equals the daily KPI;
+  kpi_pipelines_tests/test_rollups.py checks it. This list of names must equal the
+  registry's rollup "events" names: kpi_pipelines_tests/test_metric_registry.py checks it.
 -#}
 
 {% macro event_rollup_metrics() -%}
