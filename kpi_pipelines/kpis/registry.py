@@ -151,20 +151,6 @@ REGISTRY: tuple[MetricSpec, ...] = (
         ("business.retention.day_7", "1", "proportion", "users first seen 7 days before who return on the day", (), "business/customer-retention"),
         ("business.customer_lifetime_value_30d", "currency", "currency", "identified order revenue ÷ paying users over 30 days", (), REVENUE),
     )), {"business.revenue", "business.orders"}),
-    *_specs("experiment", "experiment_results", "mean_of_days", tuple(
-        (name, unit, kind, description, dimensions, None)
-        for name, unit, kind, description, dimensions in (
-            ("experiment.sessions", "sessions", "count", "sessions assigned to the variant through the day", ("experiment", "variant")),
-            ("experiment.conversion_rate", "1", "proportion", "converting sessions ÷ sessions of the variant", ("experiment", "variant")),
-            ("experiment.revenue_per_session", "currency", "currency", "revenue ÷ sessions of the variant", ("experiment", "variant")),
-            ("experiment.conversion_lift", "1", "ratio", "relative lift of the conversion rate over the control's", ("experiment", "variant")),
-            ("experiment.p_value_conversion", "1", "probability", "pooled two-proportion z-test, two-sided", ("experiment", "variant")),
-            ("experiment.revenue_lift", "1", "ratio", "relative lift of revenue per session over the control's", ("experiment", "variant")),
-            ("experiment.p_value_revenue", "1", "probability", "Welch's t-test of session revenue, two-sided", ("experiment", "variant")),
-            ("experiment.srm_p_value", "1", "probability", "chi-square sample-ratio-mismatch test", ("experiment",)),
-            ("experiment.excluded_sessions", "sessions", "count", "sessions seen in two or more variants", ("experiment",)),
-        )
-    )),
     *_with_rollup(_specs("content", "content_generation_metrics", "mean_of_days", tuple(
         (name, unit, kind, description, ("model",), None)
         for name, unit, kind, description in (
@@ -189,6 +175,20 @@ REGISTRY: tuple[MetricSpec, ...] = (
             ("system.requests", "requests", "count", "requests of the day"),
         )
     )), {"system.error_rate", "system.latency_ms.p50", "system.latency_ms.p95", "system.requests"}),
+    *_specs("experiment", "experiment_results", "mean_of_days", tuple(
+        (name, unit, kind, description, dimensions, None)
+        for name, unit, kind, description, dimensions in (
+            ("experiment.sessions", "sessions", "count", "sessions assigned to the variant through the day", ("experiment", "variant")),
+            ("experiment.conversion_rate", "1", "proportion", "converting sessions ÷ sessions of the variant", ("experiment", "variant")),
+            ("experiment.revenue_per_session", "currency", "currency", "revenue ÷ sessions of the variant", ("experiment", "variant")),
+            ("experiment.conversion_lift", "1", "ratio", "relative lift of the conversion rate over the control's", ("experiment", "variant")),
+            ("experiment.p_value_conversion", "1", "probability", "pooled two-proportion z-test, two-sided", ("experiment", "variant")),
+            ("experiment.revenue_lift", "1", "ratio", "relative lift of revenue per session over the control's", ("experiment", "variant")),
+            ("experiment.p_value_revenue", "1", "probability", "Welch's t-test of session revenue, two-sided", ("experiment", "variant")),
+            ("experiment.srm_p_value", "1", "probability", "chi-square sample-ratio-mismatch test", ("experiment",)),
+            ("experiment.excluded_sessions", "sessions", "count", "sessions seen in two or more variants", ("experiment",)),
+        )
+    )),
     *_specs("events", EVENT_ROLLUP, "events", (
         ("events.count", "events", "count", "stored events of the bucket, in total and per event type", ("event_type",), None),
         ("sessions.active", "sessions", "count", "sessions with an event in the bucket", (), None),
