@@ -49,6 +49,7 @@ def _warehouse(settings: Settings, interactive: bool = False):
         settings.warehouse_schema or None,
         connect_timeout=settings.connect_timeout,
         statement_timeout=settings.statement_timeout if interactive else None,
+        lock_timeout=settings.lock_timeout,
     )
 
 
@@ -138,6 +139,10 @@ def _load_reference(args: argparse.Namespace, kind: str) -> int:
     return 0
 
 
+# the Dagster workspace of `make dev` (the repository's root, beside this package)
+WORKSPACE_FILE = Path(__file__).resolve().parent.parent / "workspace.yaml"
+
+
 def dagster_home() -> Path:
     """The Dagster instance directory (DAGSTER_HOME), created with the local instance config."""
     home = Path(setting("DAGSTER_HOME")).resolve()
@@ -150,28 +155,37 @@ def dagster_home() -> Path:
 
 
 def materialize(start: dt.date, end: dt.date, definitions: Any = None) -> Any:
-    """Run the whole asset graph for the days start..end (both included) as one run on the
-    instance in DAGSTER_HOME, so `make dev` shows it."""
-    if end < start:
-        raise UsageError(f"--end {end} is before --start {start}")
-    dagster_home()
-    from dagster import DagsterInstance
-
+    """Run the whole asset graph for the days start..end (both included) as one run of
+    `daily_assets_job` on the instance in DAGSTER_HOME, in this process. The days are checked
+    against the job's partitions before any run exists. The run is recorded as a run of the
+    workspace's code location (workspace.yaml), as a schedule's or sensor's run is, so `make
+    dev` lists it on the job's page and draws it on the timeline (docs/decisions.md)."""
     if definitions is None:
         from kpi_pipelines.definitions import defs as definitions
 
+    check_days(definitions, start, end)
     job = definitions.resolve_job_def("daily_assets_job")
+    dagster_home()
+    from dagster import DagsterInstance, in_process_executor
+    from dagster._core.definitions.job_base import InMemoryJob  # private: see _workspace_job_origin
+    from dagster._core.execution.api import execute_run
+
+    # in this process on both backends, as execute_in_process ran it (a job built from a
+    # Definitions object here cannot be reloaded by other processes)
+    in_process_job = job.with_executor_def(in_process_executor)
     with DagsterInstance.get() as instance:
-        result = job.execute_in_process(
-            instance=instance,
+        run = instance.create_run_for_job(
+            job_def=in_process_job,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             tags={
+                **job.run_tags,
                 "dagster/asset_partition_range_start": start.isoformat(),
                 "dagster/asset_partition_range_end": end.isoformat(),
                 "kpi/trigger": "cli",
             },
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            raise_on_error=False,
+            remote_job_origin=_workspace_job_origin(definitions.get_repository_def().name, job.name),
         )
+        result = execute_run(InMemoryJob(in_process_job), run, instance)
         if not result.success:
             failures = [event for event in result.all_events if event.is_step_failure]
             data = failures[0].event_specific_data if failures else None
@@ -182,9 +196,42 @@ def materialize(start: dt.date, end: dt.date, definitions: Any = None) -> Any:
         return result
 
 
+def check_days(definitions: Any, start: dt.date, end: dt.date) -> None:
+    """A UsageError unless start..end is a range of `daily_assets_job`'s partitions (its first
+    day .. today), read from the definitions being run."""
+    if end < start:
+        raise UsageError(f"--end {end} is before --start {start}")
+    partitions_def = definitions.resolve_job_def("daily_assets_job").partitions_def
+    first = dt.date.fromisoformat(partitions_def.get_first_partition_key())
+    last = dt.date.fromisoformat(partitions_def.get_last_partition_key())
+    if start < first:
+        raise UsageError(f"--start {start} is before the first partition, {first}")
+    if start > last:
+        raise UsageError(f"--start {start} is after today's partition, {last}")
+    if end > last:
+        raise UsageError(f"--end {end} is after today's partition, {last}")
+
+
+def _workspace_job_origin(repository_name: str, job_name: str) -> Any:
+    """Where `make dev` finds `job_name`: workspace.yaml's code location, `repository_name`.
+    The UI lists a job's runs by this origin (its `.dagster/repository` tag) and draws only
+    runs that have one on the timeline. Dagster sets it only on runs it launches from a
+    loaded workspace; no public API reads a workspace file or creates a run with an origin
+    for an in-process execution, hence the private imports here and in `materialize`."""
+    from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.workspace.load import location_origins_from_yaml_paths
+
+    (location,) = location_origins_from_yaml_paths([str(WORKSPACE_FILE)])
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, repository_name), job_name)
+
+
 def cmd_materialize(args: argparse.Namespace) -> int:
+    from kpi_pipelines.definitions import defs
+
     end = args.end or args.start
-    result = materialize(args.start, end)
+    check_days(defs, args.start, end)  # before the warehouse is opened (and migrated)
+    _warehouse(Settings.from_env()).engine  # an unreachable warehouse is one line, before any run
+    result = materialize(args.start, end, defs)
     print(f"materialized {args.start}..{end} in run {result.run_id} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
     return 0
 

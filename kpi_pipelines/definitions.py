@@ -22,7 +22,7 @@ from kpi_pipelines.ingestion.resources import AfterLoad, EventIngestionResource
 from kpi_pipelines.jobs import daily_assets_job
 from kpi_pipelines.rollups import rollups_dbt_resource
 from kpi_pipelines.schedules import SchedulingResource, hourly_today, nightly_backfill
-from kpi_pipelines.settings import choice_setting, resource_value, setting
+from kpi_pipelines.settings import choice_setting, resource_value, seconds_setting, setting
 from kpi_pipelines.warehouse import WarehouseResource, parse_warehouse_url
 
 # Binding the resources below makes Dagster copy each sensor that targets a job
@@ -71,7 +71,11 @@ def build_definitions(
 
 
 defs = build_definitions(
-    WarehouseResource(url=resource_value("KPI_WAREHOUSE_URL"), schema_name=resource_value("KPI_WAREHOUSE_SCHEMA")),
+    WarehouseResource(
+        url=resource_value("KPI_WAREHOUSE_URL"),
+        schema_name=resource_value("KPI_WAREHOUSE_SCHEMA"),
+        lock_timeout=seconds_setting("KPI_WAREHOUSE_LOCK_TIMEOUT"),
+    ),
     EventIngestionResource(
         pii_salt=resource_value("KPI_PII_SALT"),
         landing_dir=resource_value("KPI_LANDING_DIR"),

@@ -1,11 +1,13 @@
 """Which step failures are retried: only those a retry can pass.
 
-A lost connection, a DuckDB file locked by another process (`kpi serve`, dbt, a second
-run) or a PostgreSQL serialization failure, deadlock or lock timeout can pass a few seconds
-later; bad data, a bad file or a bug fail the same way every time, and retrying them only
-multiplies the failure alerts. The assets carry `TRANSIENT_RETRY_POLICY` and run their body
-inside `retry_only_transient()`, which turns every other error into a `Failure` that the
-policy does not retry. Every step that writes the warehouse does so: raw_events, the KPI
+A lost connection, a DuckDB file that another process took between the wait for it and
+dbt's start (past dbt-duckdb's own connect retries), a DuckDB write conflict or a PostgreSQL
+serialization failure, deadlock or lock timeout can pass a few seconds later; bad data, a
+bad file or a bug fail the same way every time, and retrying them only multiplies the
+failure alerts. The assets carry `TRANSIENT_RETRY_POLICY` and run their body inside
+`retry_only_transient()`, which turns every other error into a `Failure` that the policy
+does not retry. A DuckDB file held past KPI_WAREHOUSE_LOCK_TIMEOUT is final too: opening it
+already waited that long (`WarehouseLocked`). Every step that writes the warehouse does so: raw_events, the KPI
 assets, the anomalies, the experiments, the dbt rollups and the alert evaluation. Run-level retries (dagster.yaml) are kept for crashed run workers.
 """
 
@@ -18,6 +20,8 @@ import duckdb
 import psycopg
 import sqlalchemy as sa
 from dagster import Backoff, DagsterError, Failure, Jitter, RetryPolicy
+
+from kpi_pipelines.warehouse import DUCKDB_LOCK_MESSAGE, WarehouseLocked
 
 # Waits of about 5 s, 15 s and 35 s (each +/- 5 s): past a server restart or another
 # process's write, and at most 70 s in all.
@@ -32,7 +36,7 @@ TRANSIENT_SQLSTATE_PREFIXES = ("08", "40001", "40P01", "55P03", "57P01", "57P02"
 PERMANENT_CONNECTION_MESSAGES = ("authentication failed", "does not exist", "no pg_hba.conf entry")
 # DuckDB has no codes: its messages for another process holding the file, and for a write
 # conflict between two transactions.
-TRANSIENT_DUCKDB_MESSAGES = ("Could not set lock on file", "Conflict on tuple deletion", "Transaction conflict")
+TRANSIENT_DUCKDB_MESSAGES = (DUCKDB_LOCK_MESSAGE, "Conflict on tuple deletion", "Transaction conflict")
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
@@ -55,6 +59,8 @@ def is_transient(error: BaseException) -> bool:
 
     for current in _chain(error):
         if isinstance(current, IngestError):  # the file is bad, whatever DuckDB said reading it
+            return False
+        if isinstance(current, WarehouseLocked):  # the lock wait's bound, already waited through
             return False
         if isinstance(current, sa.exc.DBAPIError) and current.connection_invalidated:
             return True

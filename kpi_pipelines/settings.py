@@ -10,7 +10,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from kpi_pipelines.warehouse import DEFAULT_CONNECT_TIMEOUT, DEFAULT_WAREHOUSE_URL
+from kpi_pipelines.warehouse import DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_WAREHOUSE_URL
 
 # KPI_PII_SALT's default, with a warning. Here rather than in ingestion/pii.py: importing the
 # ingestion package loads its assets, whose partitions read KPI_FIRST_DAY from this module.
@@ -21,6 +21,7 @@ DEFAULTS = {
     "KPI_WAREHOUSE_SCHEMA": "",
     "KPI_WAREHOUSE_CONNECT_TIMEOUT": f"{DEFAULT_CONNECT_TIMEOUT:g}",  # seconds, every connection
     "KPI_WAREHOUSE_STATEMENT_TIMEOUT": "30",  # seconds, statements of `kpi serve` and `kpi metrics`
+    "KPI_WAREHOUSE_LOCK_TIMEOUT": f"{DEFAULT_LOCK_TIMEOUT:g}",  # seconds, waiting for a DuckDB file held by another process
     "KPI_SOURCE_DB_URL": "",
     "KPI_PII_SALT": DEVELOPMENT_SALT,
     "KPI_LANDING_DIR": "data/landing",
@@ -114,6 +115,7 @@ class Settings:
     landing_dir: str
     connect_timeout: float
     statement_timeout: float
+    lock_timeout: float
 
     @classmethod
     def from_env(cls, warn_salt: bool = False) -> "Settings":
@@ -128,6 +130,7 @@ class Settings:
             landing_dir=setting("KPI_LANDING_DIR"),
             connect_timeout=seconds_setting("KPI_WAREHOUSE_CONNECT_TIMEOUT"),
             statement_timeout=seconds_setting("KPI_WAREHOUSE_STATEMENT_TIMEOUT"),
+            lock_timeout=seconds_setting("KPI_WAREHOUSE_LOCK_TIMEOUT"),
         )
 
 

@@ -7,11 +7,12 @@ path made absolute, PostgreSQL host, port, user, password, database and sslmode)
 `RollupsDbtResource.cli` hands them to the dbt subprocess.
 
 DuckDB takes one process at a time on a database file, and dagster-dbt runs dbt as a
-subprocess: a DuckDB connection this process keeps open (the warehouse's connection pool,
-kept by the Python KPI assets that ran before in the same run) makes dbt fail with "Could
-not set lock on file". So before starting dbt on DuckDB, `cli` closes every pooled
-connection of this process to that file (`Warehouse.dispose`); the Python assets reopen
-the pool on their next query.
+subprocess that opens the file itself and keeps it for the whole dbt command. This process
+keeps no DuckDB connection open between queries (`kpi_pipelines.warehouse`), but another
+process may hold the file (a person's `kpi ingest`, `kpi metrics`): so before starting dbt
+on DuckDB, `cli` waits, bounded by KPI_WAREHOUSE_LOCK_TIMEOUT as every opening of the file
+is, until the file is free; and dbt-duckdb's own connect retries (`DBT_DUCKDB_CONNECT_ATTEMPTS`,
+profiles.yml) cover another process taking the file between that wait and dbt's start.
 """
 
 from __future__ import annotations
@@ -33,18 +34,21 @@ from packaging import version
 from pydantic import Field
 
 from kpi_pipelines.rollups.project import dbt_executable, dbt_project
+from kpi_pipelines.settings import seconds_setting
 from kpi_pipelines.warehouse import (
+    DEFAULT_LOCK_TIMEOUT,
     DEFAULT_WAREHOUSE_URL,
     WarehouseError,
     WarehouseResource,
     parse_warehouse_url,
-    release_duckdb_file,
+    wait_until_duckdb_file_is_free,
 )
 
 DBT_ENV_NAMES = (
     "DBT_TARGET",
     "DBT_SCHEMA",
     "DBT_DUCKDB_PATH",
+    "DBT_DUCKDB_CONNECT_ATTEMPTS",
     "DBT_PG_HOST",
     "DBT_PG_PORT",
     "DBT_PG_USER",
@@ -69,6 +73,8 @@ def dbt_env(url: str, schema: str | None = None) -> dict[str, str]:
             # relative to the working directory, as the Python side opens it; dbt runs in dbt_project/
             "DBT_DUCKDB_PATH": str(Path(database).expanduser().absolute()),
             "DBT_SCHEMA": schema or "main",
+            # dbt-duckdb sleeps 1, 2, 4, ... s between attempts: 7 attempts wait about 2 minutes
+            "DBT_DUCKDB_CONNECT_ATTEMPTS": "7",
         }
     query = {key: (value[0] if isinstance(value, tuple) else value) for key, value in parsed.query.items()}
     user = parsed.username or os.environ.get("PGUSER") or getpass.getuser()
@@ -110,15 +116,19 @@ class RollupsDbtResource(DbtCliResource):
 
     warehouse_url: str = Field(default=DEFAULT_WAREHOUSE_URL, description="KPI_WAREHOUSE_URL: SQLAlchemy URL of the warehouse")
     warehouse_schema: str = Field(default="", description="KPI_WAREHOUSE_SCHEMA: schema of the tables and models; '' = default")
+    warehouse_lock_timeout: float = Field(
+        default=DEFAULT_LOCK_TIMEOUT,
+        description="KPI_WAREHOUSE_LOCK_TIMEOUT: seconds to wait for a DuckDB file another process holds before dbt starts",
+    )
 
     def get_dbt_env(self) -> dict[str, str]:
         return dbt_env(self.warehouse_url, self.warehouse_schema or None)
 
     def cli(self, args: Sequence[str], **kwargs: Any):  # type: ignore[override]
-        """`DbtCliResource.cli` with the warehouse's DBT_* variables, after releasing this
-        process's DuckDB file lock (see the module docstring)."""
+        """`DbtCliResource.cli` with the warehouse's DBT_* variables, once no other process
+        holds the DuckDB file (see the module docstring)."""
         env = self.get_dbt_env()
-        release_duckdb_file(self.warehouse_url)
+        wait_until_duckdb_file_is_free(self.warehouse_url, self.warehouse_lock_timeout)
         with _environment(env):
             return super().cli(args, **kwargs)
 
@@ -148,12 +158,14 @@ def rollups_dbt_resource(warehouse: WarehouseResource | None = None, **overrides
     if warehouse is None:
         url: Any = EnvVar("KPI_WAREHOUSE_URL") if os.environ.get("KPI_WAREHOUSE_URL", "").strip() else DEFAULT_WAREHOUSE_URL
         schema: Any = EnvVar("KPI_WAREHOUSE_SCHEMA") if os.environ.get("KPI_WAREHOUSE_SCHEMA", "").strip() else ""
+        lock_timeout = seconds_setting("KPI_WAREHOUSE_LOCK_TIMEOUT")
     else:
-        url, schema = warehouse.url, warehouse.schema_name
+        url, schema, lock_timeout = warehouse.url, warehouse.schema_name, warehouse.lock_timeout
     return RollupsDbtResource(
         project_dir=dbt_project,
         dbt_executable=dbt_executable(),
         warehouse_url=url,
         warehouse_schema=schema,
+        warehouse_lock_timeout=lock_timeout,
         **overrides,
     )

@@ -10,19 +10,28 @@ level (keepalives), so nothing hangs on a server that accepts connections but ne
 answers. A `statement_timeout` is for callers a person waits on (`kpi serve`, `kpi
 metrics`): PostgreSQL cancels a longer statement, lock waits included; DuckDB interrupts
 it. Batch work (Dagster runs, `kpi ingest`) has none: a backfill's statement may rightly
-run long. A timeout is raised as `WarehouseTimeout`, one line naming the setting. DuckDB
-never waits to open a file: one held by another process fails at once.
+run long. A timeout is raised as `WarehouseTimeout`, one line naming the setting.
+
+A DuckDB file is held by one process at a time (docs/decisions.md, "Sharing the DuckDB
+file"): while `make dev`'s runs and a person's `kpi` commands work on the same file, each
+opens it only for as long as a connection is in use (no pool keeps it open), and opening a
+file another process holds waits its turn, polling, with one message naming the holder,
+for at most `lock_timeout` seconds (KPI_WAREHOUSE_LOCK_TIMEOUT); past that the error is one
+line naming the setting (`WarehouseLocked`).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
 
+import duckdb
 import sqlalchemy as sa
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -36,6 +45,15 @@ from kpi_pipelines.warehouse.schema import migrate
 
 DEFAULT_WAREHOUSE_URL = "duckdb:///data/kpi.duckdb"
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds (KPI_WAREHOUSE_CONNECT_TIMEOUT)
+DEFAULT_LOCK_TIMEOUT = 300.0  # seconds (KPI_WAREHOUSE_LOCK_TIMEOUT)
+# DuckDB's message for a file another process holds, and the holder's program and PID in it
+DUCKDB_LOCK_MESSAGE = "Could not set lock on file"
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
+# the first polls come quickly (another process's transaction is often short), then every 0.2 s
+_LOCK_POLL_SECONDS = (0.02, 0.05, 0.1, 0.2)
+# a wait shorter than this (another process's transaction) passes without a message
+_LOCK_ANNOUNCE_AFTER = 1.0  # seconds
+_Opened = TypeVar("_Opened")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # ":name" parameters (not "::" casts), spelled "$name" for DuckDB's own API
 _NAMED_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -47,6 +65,44 @@ class WarehouseError(Exception):
 
 class WarehouseTimeout(WarehouseError):
     """The warehouse did not answer within a connect or statement timeout."""
+
+
+class WarehouseLocked(WarehouseError):
+    """Another process kept the DuckDB file longer than KPI_WAREHOUSE_LOCK_TIMEOUT."""
+
+
+def wait_for_duckdb_file(open_file: Callable[[], _Opened], path: Path | str, lock_timeout: float) -> _Opened:
+    """`open_file()`, retried while another process holds the DuckDB file `path`: polling,
+    with one message on stderr naming the holder once the wait passes a second, for at most
+    `lock_timeout` seconds; then `WarehouseLocked`, one line naming KPI_WAREHOUSE_LOCK_TIMEOUT.
+    Other errors pass."""
+    started = time.monotonic()
+    deadline = started + lock_timeout
+    polls = 0
+    announced = False
+    while True:
+        try:
+            return open_file()
+        except duckdb.IOException as error:
+            if DUCKDB_LOCK_MESSAGE not in str(error):
+                raise
+            held = _LOCK_HOLDER.search(str(error))
+            holder = f"process {held.group(2)} ({held.group(1)})" if held else "another process"
+            if time.monotonic() >= deadline:
+                raise WarehouseLocked(
+                    f"the warehouse file {path} was still held by {holder} after {lock_timeout:g} s "
+                    "(KPI_WAREHOUSE_LOCK_TIMEOUT)"
+                ) from None
+            if not announced and time.monotonic() - started >= _LOCK_ANNOUNCE_AFTER:
+                announced = True
+                print(
+                    f"kpi: waiting for the warehouse file {path}, held by {holder} "
+                    f"(at most {lock_timeout:g} s, KPI_WAREHOUSE_LOCK_TIMEOUT)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            time.sleep(min(_LOCK_POLL_SECONDS[min(polls, len(_LOCK_POLL_SECONDS) - 1)], max(0.0, deadline - time.monotonic())))
+            polls += 1
 
 
 def parse_warehouse_url(url: str) -> URL:
@@ -88,18 +144,20 @@ class Warehouse:
         schema: str | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         statement_timeout: float | None = None,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ):
-        """`connect_timeout`, `statement_timeout`: seconds (see the module doc); None: no
-        statement timeout."""
+        """`connect_timeout`, `statement_timeout`, `lock_timeout`: seconds (see the module
+        doc); None: no statement timeout."""
         self.url = parse_warehouse_url(url)
         if schema and not _IDENTIFIER.match(schema):
             raise WarehouseError(f"KPI_WAREHOUSE_SCHEMA {schema!r} is not a plain SQL identifier")
-        for name, value in (("connect", connect_timeout), ("statement", statement_timeout)):
+        for name, value in (("connect", connect_timeout), ("statement", statement_timeout), ("lock", lock_timeout)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise WarehouseError(f"KPI_WAREHOUSE_{name.upper()}_TIMEOUT: {value!r} is not a positive number of seconds")
         self.schema = schema or None
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
+        self.lock_timeout = lock_timeout
         self.dialect = "duckdb" if self.url.get_backend_name() == "duckdb" else "postgresql"
 
     @property
@@ -122,8 +180,14 @@ class Warehouse:
         return self.schema or ("main" if self.dialect == "duckdb" else "public")
 
     @property
-    def _key(self) -> tuple[str, str | None, float, float | None]:
-        return (self.url.render_as_string(hide_password=False), self.schema, self.connect_timeout, self.statement_timeout)
+    def _key(self) -> tuple[str, str | None, float, float | None, float]:
+        return (
+            self.url.render_as_string(hide_password=False),
+            self.schema,
+            self.connect_timeout,
+            self.statement_timeout,
+            self.lock_timeout,
+        )
 
     @property
     def engine(self) -> Engine:
@@ -141,7 +205,15 @@ class Warehouse:
             path = self.duckdb_path
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            engine = sa.create_engine(self.url, poolclass=sa.pool.QueuePool, pool_size=4)
+            # no pool: the file is held only while a connection is in use (the module doc)
+            engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+            lock_timeout = self.lock_timeout
+            where = path.absolute() if path is not None else self.url.database
+
+            @sa.event.listens_for(engine, "do_connect")
+            def _wait_for_file(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+                return wait_for_duckdb_file(lambda: dialect.connect(*cargs, **cparams), where, lock_timeout)
+
             if self.statement_timeout:
                 _interrupt_after(engine, self.statement_timeout)
         else:
@@ -241,7 +313,7 @@ class Warehouse:
             return pd.read_sql_query(sa.text(sql), connection, params=dict(params or {}))
 
     def dispose(self) -> None:
-        """Close pooled connections (releases DuckDB's file lock held by this process)."""
+        """Close this warehouse's pooled connections (PostgreSQL) and forget its engine."""
         with Warehouse._lock:
             engine = Warehouse._engines.pop(self._key, None)
         if engine is not None:
@@ -276,32 +348,27 @@ def _interrupt_after(engine: Engine, seconds: float) -> None:
             _disarm(context.connection)
 
 
-def release_duckdb_file(url: str) -> int:
-    """Close this process's pooled connections to the DuckDB file of `url`, whatever schema
-    they were opened with, so another process (dbt) can take the file's lock. Returns how
-    many connection pools were closed; a no-op for PostgreSQL."""
+def wait_until_duckdb_file_is_free(url: str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+    """Wait, as opening the file does, until no other process holds the DuckDB file of `url`;
+    for a subprocess that opens the file itself (dbt). A no-op for PostgreSQL."""
     parsed = parse_warehouse_url(url)
-    if parsed.get_backend_name() != "duckdb" or not parsed.database:
-        return 0
-    target = Path(parsed.database).expanduser().absolute()
-    with Warehouse._lock:
-        engines = [
-            Warehouse._engines.pop(key)
-            for key in list(Warehouse._engines)
-            if (other := parse_warehouse_url(key[0])).get_backend_name() == "duckdb"
-            and other.database
-            and Path(other.database).expanduser().absolute() == target
-        ]
-    for engine in engines:
-        engine.dispose()
-    return len(engines)
+    if parsed.get_backend_name() != "duckdb" or not parsed.database or parsed.database == ":memory:":
+        return
+    path = Path(parsed.database).expanduser().absolute()
+    if path.exists():
+        wait_for_duckdb_file(lambda: duckdb.connect(str(path)), path, lock_timeout).close()
 
 
 class WarehouseResource(ConfigurableResource):
-    """The project's warehouse, configured from `KPI_WAREHOUSE_URL` and `KPI_WAREHOUSE_SCHEMA`."""
+    """The project's warehouse, configured from `KPI_WAREHOUSE_URL`, `KPI_WAREHOUSE_SCHEMA` and
+    `KPI_WAREHOUSE_LOCK_TIMEOUT`."""
 
     url: str = Field(default=DEFAULT_WAREHOUSE_URL, description="SQLAlchemy URL of the warehouse")
     schema_name: str = Field(default="", description="schema of the project's tables; '' = default")
+    lock_timeout: float = Field(
+        default=DEFAULT_LOCK_TIMEOUT,
+        description="KPI_WAREHOUSE_LOCK_TIMEOUT: seconds to wait for a DuckDB file another process holds",
+    )
 
     def get_warehouse(self) -> Warehouse:
-        return Warehouse(self.url, self.schema_name or None)
+        return Warehouse(self.url, self.schema_name or None, lock_timeout=self.lock_timeout)
