@@ -80,13 +80,13 @@ def ingest_files(settings: Settings, files: Sequence[str]) -> tuple[int, int, in
     totals = [0, 0, 0]
     for name in files:
         result = loader.load_file(name, require_json_lines=True)
-        print(f"{name}: {result.accepted:,} accepted, {result.duplicates:,} duplicates, {result.rejected:,} rejected")
+        print(f"{name}: {result.accepted} accepted, {result.duplicates} duplicates, {result.rejected} rejected")
         early = before_first_day(result.events_by_date)
         if early:
             print(f"kpi: warning: {name}: {early_events_note(early)}", file=sys.stderr)
         totals = [totals[0] + result.accepted, totals[1] + result.duplicates, totals[2] + result.rejected]
     if len(files) > 1:
-        print(f"total: {totals[0]:,} accepted, {totals[1]:,} duplicates, {totals[2]:,} rejected")
+        print(f"total: {totals[0]} accepted, {totals[1]} duplicates, {totals[2]} rejected")
     return totals[0], totals[1], totals[2]
 
 

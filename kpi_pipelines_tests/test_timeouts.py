@@ -181,7 +181,7 @@ def test_timeout_settings_are_checked():
     result = subprocess.run([KPI, "metrics"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "kpi: error: ValueError: KPI_WAREHOUSE_CONNECT_TIMEOUT='soon': expected a positive number of seconds"
+        "kpi: error: KPI_WAREHOUSE_CONNECT_TIMEOUT='soon': expected a positive number of seconds"
     ]
 
 
