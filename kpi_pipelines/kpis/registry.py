@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # What a value is, and so how it may be checked and shown.
 KINDS = {
@@ -88,9 +88,7 @@ def _specs(
 
 def _with_rollup(specs: tuple[MetricSpec, ...], names: set[str]) -> tuple[MetricSpec, ...]:
     """`specs` with rollup 'events' for the names dbt's event rollup also computes."""
-    return tuple(
-        MetricSpec(**{**spec.__dict__, "rollup": "events"}) if spec.name in names else spec for spec in specs
-    )
+    return tuple(replace(spec, rollup="events") if spec.name in names else spec for spec in specs)
 
 
 COMPLETENESS, NORMALIZATION = "data-quality/completeness", "data-quality/normalization"
