@@ -26,6 +26,19 @@ POSTGRES_URL = os.environ.get("KPI_TEST_POSTGRES_URL", "")
 SALT = "test-salt"
 
 
+def pytest_report_header() -> str | None:
+    """Dagster's own commands give a `.env` in their working directory priority over the
+    environment: the Dagster processes some tests start in the repository (deployment, DuckDB
+    sharing) read the repository's `.env`. Say so when there is one."""
+    env_file = Path(__file__).resolve().parents[1] / ".env"
+    if not env_file.exists():
+        return None
+    from dotenv import dotenv_values
+
+    names = ", ".join(sorted(dotenv_values(env_file)))
+    return f"{env_file} sets {names or 'nothing'}: Dagster processes the tests start in the repository take it over their environment"
+
+
 def definitions_for(warehouse: Warehouse, landing_dir: str = "/nonexistent", after_load: str = "delete"):
     """The project's own definitions, bound to a test warehouse."""
     from kpi_pipelines.definitions import build_definitions
