@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
 from kpi_pipelines.synthetic import generate
-from kpi_pipelines.warehouse import Warehouse
+import kpi_pipelines.warehouse as warehouse_module
+from kpi_pipelines.warehouse import Warehouse, wait_for_duckdb_file
 from kpi_pipelines_tests.conftest import SALT
 from kpi_pipelines_tests.test_deployment import HOST, Service, free_port, tail
 
@@ -269,3 +271,42 @@ def test_a_command_gives_up_in_one_line_past_the_lock_timeout(tmp_path):
     assert warehouse.scalar("SELECT count(*) FROM raw_events") == 0  # the refused command stored nothing
     again = kpi(env, "ingest", str(traffic.events_path))  # the file free again, the same command passes
     assert warehouse.scalar("SELECT count(*) FROM raw_events") == accepted(again.stdout) > 0
+
+
+HOLDER_LOOP = """
+import sys, time
+from pathlib import Path
+import kpi_pipelines.warehouse as warehouse_module
+from kpi_pipelines.warehouse import Warehouse, wait_for_duckdb_file
+warehouse, stop = Warehouse("duckdb:///" + sys.argv[1]), Path(sys.argv[2])
+queries = 0
+while not stop.exists():  # busy: one short transaction after another, no pause
+    queries += warehouse.scalar("SELECT count(*) FROM raw_events") + 1
+print(queries, flush=True)
+time.sleep(300)  # idle, the process alive
+"""
+
+
+def test_a_busy_process_hands_the_file_over_and_an_idle_one_lets_it_go(tmp_path):
+    """A process keeps the file while it works, gives it up at the end of a transaction
+    when another waits, and after a second unused; it goes on working in between."""
+    path, stop = tmp_path / "busy.duckdb", tmp_path / "stop"
+    Warehouse(f"duckdb:///{path}").scalar("SELECT 1")  # created and migrated
+    warehouse_module.release_duckdb_file(f"duckdb:///{path}")
+    busy = subprocess.Popen([sys.executable, "-c", HOLDER_LOOP, str(path), str(stop)], stdout=subprocess.PIPE, text=True)
+    try:
+        env = kpi_env(tmp_path / "home", f"duckdb:///{path}", KPI_WAREHOUSE_LOCK_TIMEOUT="120")
+        (tmp_path / "home").mkdir()
+        for _ in range(3):  # turns come again and again while the busy process keeps working
+            result = subprocess.run([KPI, "metrics"], env=env, capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, result.stderr
+            assert busy.poll() is None
+        stop.touch()
+        assert int(busy.stdout.readline()) > 0  # it kept querying between the turns
+        # idle now: it lets the file go without anyone asking (a plain DuckDB open waits for that)
+        opened = wait_for_duckdb_file(lambda: duckdb.connect(str(path)), path, 60)
+        opened.close()
+        assert busy.poll() is None
+    finally:
+        busy.kill()
+        busy.wait()

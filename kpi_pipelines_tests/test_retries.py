@@ -24,7 +24,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, instance_for_te
 
 from kpi_pipelines.ingestion.loader import EventLoader, IngestError
 from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, is_transient
-from kpi_pipelines.warehouse import Warehouse, WarehouseLocked
+from kpi_pipelines.warehouse import Warehouse, WarehouseLocked, release_duckdb_file
 from kpi_pipelines_tests.conftest import SALT, definitions_for, event, load_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,6 +237,7 @@ def _waiting_message(capfd, seen: list[str]) -> bool:
 
 def test_a_step_waits_for_a_duckdb_file_held_by_another_process(duckdb_warehouse, write_events, capfd):
     load_events(duckdb_warehouse, write_events, [event("e1", timestamp=f"{DAY}T10:00:00Z")])
+    release_duckdb_file(duckdb_warehouse.url.render_as_string())  # this process's pools, or the holder could not take the file
     job = definitions_for(duckdb_warehouse).resolve_job_def("ingest_job")
     holder = _hold_duckdb_lock(duckdb_warehouse.duckdb_path)
     seen: list[str] = []
@@ -294,6 +295,7 @@ def test_a_dbt_step_waits_for_a_duckdb_file_held_by_another_process(duckdb_wareh
     job = definitions_for(duckdb_warehouse).resolve_job_def("ingest_job")
     with instance_for_test() as instance:
         assert job.execute_in_process(instance=instance, partition_key=DAY).success  # the tables the views read
+    release_duckdb_file(duckdb_warehouse.url.render_as_string())  # every pool of this process on the file
     holder = _hold_duckdb_lock(duckdb_warehouse.duckdb_path)
     seen: list[str] = []
     try:

@@ -38,7 +38,8 @@ from kpi_pipelines.rollups import (
 from kpi_pipelines.rollups.project import DBT_PROJECT_DIR, manifest_is_stale
 from kpi_pipelines.synthetic import generate
 
-from kpi_pipelines.warehouse import Warehouse, WarehouseResource
+import kpi_pipelines.warehouse as warehouse_module
+from kpi_pipelines.warehouse import Warehouse, WarehouseResource, release_duckdb_file
 from kpi_pipelines_tests.conftest import (
     SALT,
     definitions_for,
@@ -383,7 +384,7 @@ def by_day(tmp_path_factory, traffic) -> Iterator[dict[str, Any]]:
     """DuckDB: Sunday materialized twice, then Monday: the incremental path."""
     warehouse = Warehouse(f"duckdb:///{tmp_path_factory.mktemp('by_day') / 'warehouse.duckdb'}")
     load(warehouse, traffic)
-    # this process used the file just before the run: its dbt steps must still get it
+    # a Python asset's pooled connection stays open in this process during the dbt steps
     warehouse.scalar("SELECT count(*) FROM raw_events")
     first = materialize(warehouse, SUNDAY)
     after_first = snapshot(warehouse)
@@ -543,16 +544,16 @@ def _lock_probe(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, str(path)], check=False, capture_output=True, text=True, timeout=60)
 
 
-def test_a_finished_query_leaves_the_duckdb_file_to_another_process(tmp_path):
-    """No pool keeps the file open: dbt (another process) can write it between two queries."""
-    path = tmp_path / "shared.duckdb"
+def test_releasing_the_duckdb_file_lets_another_process_write(tmp_path, monkeypatch):
+    monkeypatch.setattr(warehouse_module, "_IDLE_RELEASE_SECONDS", 600)  # no idle release meanwhile
+    path = tmp_path / "locked.duckdb"
     for schema in (None, "other"):
-        Warehouse(f"duckdb:///{path}", schema).scalar("SELECT count(*) FROM raw_events")
-    with Warehouse(f"duckdb:///{path}").begin() as connection:  # held while in use
-        connection.execute(sa.text("SELECT 1"))
-        blocked = _lock_probe(path)
+        Warehouse(f"duckdb:///{path}", schema).scalar("SELECT count(*) FROM raw_events")  # pooled, still open
+    blocked = _lock_probe(path)
     assert blocked.returncode != 0 and "lock" in blocked.stderr.lower()
+    assert release_duckdb_file(f"duckdb:///{path}") == 2  # both pools on that file, whatever the schema
     assert _lock_probe(path).returncode == 0
+    assert release_duckdb_file("postgresql+psycopg://u@h/db") == 0
 
 
 def test_the_manifest_is_parsed_when_missing_or_stale(tmp_path):

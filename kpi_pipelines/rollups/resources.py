@@ -7,12 +7,13 @@ path made absolute, PostgreSQL host, port, user, password, database and sslmode)
 `RollupsDbtResource.cli` hands them to the dbt subprocess.
 
 DuckDB takes one process at a time on a database file, and dagster-dbt runs dbt as a
-subprocess that opens the file itself and keeps it for the whole dbt command. This process
-keeps no DuckDB connection open between queries (`kpi_pipelines.warehouse`), but another
-process may hold the file (a person's `kpi ingest`, `kpi metrics`): so before starting dbt
-on DuckDB, `cli` waits, bounded by KPI_WAREHOUSE_LOCK_TIMEOUT as every opening of the file
-is, until the file is free; and dbt-duckdb's own connect retries (`DBT_DUCKDB_CONNECT_ATTEMPTS`,
-profiles.yml) cover another process taking the file between that wait and dbt's start.
+subprocess that opens the file itself and keeps it for the whole dbt command. So before
+starting dbt on DuckDB, `cli` closes this process's pooled connections to the file (those
+the Python KPI assets that ran before in the same run left open; they reopen on their next
+query), then waits, bounded by KPI_WAREHOUSE_LOCK_TIMEOUT as every opening of the file is,
+until no other process (a person's `kpi ingest`, `kpi metrics`) holds it; dbt-duckdb's own
+connect retries (`DBT_DUCKDB_CONNECT_ATTEMPTS`, profiles.yml) cover another process taking
+the file between that wait and dbt's start.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from kpi_pipelines.warehouse import (
     WarehouseError,
     WarehouseResource,
     parse_warehouse_url,
+    release_duckdb_file,
     wait_until_duckdb_file_is_free,
 )
 
@@ -125,9 +127,10 @@ class RollupsDbtResource(DbtCliResource):
         return dbt_env(self.warehouse_url, self.warehouse_schema or None)
 
     def cli(self, args: Sequence[str], **kwargs: Any):  # type: ignore[override]
-        """`DbtCliResource.cli` with the warehouse's DBT_* variables, once no other process
-        holds the DuckDB file (see the module docstring)."""
+        """`DbtCliResource.cli` with the warehouse's DBT_* variables, once neither this
+        process nor another holds the DuckDB file (see the module docstring)."""
         env = self.get_dbt_env()
+        release_duckdb_file(self.warehouse_url)
         wait_until_duckdb_file_is_free(self.warehouse_url, self.warehouse_lock_timeout)
         with _environment(env):
             return super().cli(args, **kwargs)

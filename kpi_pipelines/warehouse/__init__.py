@@ -13,11 +13,13 @@ it. Batch work (Dagster runs, `kpi ingest`) has none: a backfill's statement may
 run long. A timeout is raised as `WarehouseTimeout`, one line naming the setting.
 
 A DuckDB file is held by one process at a time (docs/decisions.md, "Sharing the DuckDB
-file"): while `make dev`'s runs and a person's `kpi` commands work on the same file, each
-opens it only for as long as a connection is in use (no pool keeps it open), and opening a
-file another process holds waits its turn, polling, with one message naming the holder,
-for at most `lock_timeout` seconds (KPI_WAREHOUSE_LOCK_TIMEOUT); past that the error is one
-line naming the setting (`WarehouseLocked`).
+file"): while `make dev`'s runs and a person's `kpi` commands work on the same file, they
+take turns. Opening a file another process holds waits, polling, with one message naming
+the holder, for at most `lock_timeout` seconds (KPI_WAREHOUSE_LOCK_TIMEOUT); past that the
+error is one line naming the setting (`WarehouseLocked`). A waiting process says so in a
+file beside the database (`<file>.waiting`); a process holding the file keeps it open while
+it works (opening costs tens of milliseconds), and closes it at the end of its current
+transaction when another process waits, or after a second without use (`_FileTurns`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 _LOCK_POLL_SECONDS = (0.02, 0.05, 0.1, 0.2)
 # a wait shorter than this (another process's transaction) passes without a message
 _LOCK_ANNOUNCE_AFTER = 1.0  # seconds
+# a holder closes the file after this long unused; a waiter's signal counts for this long
+_IDLE_RELEASE_SECONDS = 1.0
+# after handing the file to a waiting process, time left for it to take it (> one poll)
+_HANDOVER_PAUSE_SECONDS = 0.3
 _Opened = TypeVar("_Opened")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # ":name" parameters (not "::" casts), spelled "$name" for DuckDB's own API
@@ -82,12 +88,13 @@ def wait_for_duckdb_file(open_file: Callable[[], _Opened], path: Path | str, loc
     announced = False
     while True:
         try:
-            return open_file()
+            opened = open_file()
         except duckdb.IOException as error:
             if DUCKDB_LOCK_MESSAGE not in str(error):
                 raise
             held = _LOCK_HOLDER.search(str(error))
             holder = f"process {held.group(2)} ({held.group(1)})" if held else "another process"
+            _signal_waiting(Path(path))
             if time.monotonic() >= deadline:
                 raise WarehouseLocked(
                     f"the warehouse file {path} was still held by {holder} after {lock_timeout:g} s "
@@ -103,6 +110,10 @@ def wait_for_duckdb_file(open_file: Callable[[], _Opened], path: Path | str, loc
                 )
             time.sleep(min(_LOCK_POLL_SECONDS[min(polls, len(_LOCK_POLL_SECONDS) - 1)], max(0.0, deadline - time.monotonic())))
             polls += 1
+        else:
+            if polls:  # its turn came: other waiters renew the signal at their next poll
+                _waiting_signal(Path(path)).unlink(missing_ok=True)
+            return opened
 
 
 def parse_warehouse_url(url: str) -> URL:
@@ -130,6 +141,98 @@ def parse_warehouse_url(url: str) -> URL:
         f"KPI_WAREHOUSE_URL: unsupported scheme {parsed.drivername!r}; "
         "use duckdb:///path/to/file.duckdb or postgresql+psycopg://user@host:5432/db"
     )
+
+
+def _waiting_signal(path: Path) -> Path:
+    return path.with_name(path.name + ".waiting")
+
+
+def _signal_waiting(path: Path) -> None:
+    """Tell the process holding the DuckDB file `path` that another one waits for it."""
+    try:
+        _waiting_signal(path).touch()
+    except OSError:  # a read-only directory: the holder still closes the file when idle
+        pass
+
+
+class _FileTurns:
+    """Keeps a DuckDB file open while this process uses it (its pooled connections) and gives
+    it up when another process waits (at the end of the transaction in progress) or after
+    `_IDLE_RELEASE_SECONDS` unused. Driven by the pool's checkout and checkin events; the
+    file closes when the last of this process's connections to it does."""
+
+    def __init__(self, path: Path):
+        self.signal = _waiting_signal(path)
+        self.lock = threading.Lock()
+        self.in_use = 0
+        self.idle_since = 0.0  # monotonic time the last connection in use came back
+        self.watching = False  # a timer will look at the idle time
+        self.idle: set[Any] = set()  # pooled connection records not in use
+        self.handed_over_at: float | None = None
+
+    def listen(self, engine: Engine) -> None:
+        sa.event.listen(engine, "checkout", self._checked_out)
+        sa.event.listen(engine, "checkin", self._checked_in)
+
+    def pause_after_handover(self) -> None:
+        """Before reopening: leave a process this one just gave the file to time to take it."""
+        with self.lock:
+            handed_over_at, self.handed_over_at = self.handed_over_at, None
+        if handed_over_at is not None:
+            time.sleep(max(0.0, _HANDOVER_PAUSE_SECONDS - (time.monotonic() - handed_over_at)))
+
+    def _someone_waits(self) -> bool:
+        try:
+            return time.time() - self.signal.stat().st_mtime < _IDLE_RELEASE_SECONDS
+        except OSError:
+            return False
+
+    def _close_idle(self) -> None:
+        """(With the lock held, nothing in use.) Close every pooled connection: the pool
+        reopens one on next use."""
+        for record in self.idle:
+            record.invalidate()
+        self.idle.clear()
+
+    def _checked_out(self, _dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        with self.lock:
+            self.idle.discard(record)
+            if record.dbapi_connection is None:  # closed by an idle release while being fetched
+                raise sa.exc.DisconnectionError("the DuckDB file was given up; reopening")
+            self.in_use += 1
+
+    def _checked_in(self, dbapi_connection: Any, record: Any) -> None:
+        with self.lock:
+            self.in_use -= 1
+            if dbapi_connection is not None:
+                self.idle.add(record)
+            if self.in_use:
+                return
+            if self._someone_waits():
+                self._close_idle()
+                self.handed_over_at = time.monotonic()
+                return
+            self.idle_since = time.monotonic()
+            if not self.watching:
+                self.watching = True
+                self._watch(_IDLE_RELEASE_SECONDS)
+
+    def _watch(self, seconds: float) -> None:
+        timer = threading.Timer(seconds, self._release_if_idle)
+        timer.daemon = True
+        timer.start()
+
+    def _release_if_idle(self) -> None:
+        with self.lock:
+            if self.in_use:  # the next connection back starts another watch
+                self.watching = False
+                return
+            left = _IDLE_RELEASE_SECONDS - (time.monotonic() - self.idle_since)
+            if left > 0:
+                self._watch(left)
+                return
+            self.watching = False
+            self._close_idle()
 
 
 class Warehouse:
@@ -205,14 +308,17 @@ class Warehouse:
             path = self.duckdb_path
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            # no pool: the file is held only while a connection is in use (the module doc)
-            engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
-            lock_timeout = self.lock_timeout
-            where = path.absolute() if path is not None else self.url.database
+            # one pooled connection keeps the file open while in use; more threads overflow
+            # onto the same open database (the module doc)
+            engine = sa.create_engine(self.url, poolclass=sa.pool.QueuePool, pool_size=1, max_overflow=8)
+            if path is not None:
+                lock_timeout, where, turns = self.lock_timeout, path.absolute(), _FileTurns(path.absolute())
+                turns.listen(engine)
 
-            @sa.event.listens_for(engine, "do_connect")
-            def _wait_for_file(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
-                return wait_for_duckdb_file(lambda: dialect.connect(*cargs, **cparams), where, lock_timeout)
+                @sa.event.listens_for(engine, "do_connect")
+                def _wait_for_file(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+                    turns.pause_after_handover()
+                    return wait_for_duckdb_file(lambda: dialect.connect(*cargs, **cparams), where, lock_timeout)
 
             if self.statement_timeout:
                 _interrupt_after(engine, self.statement_timeout)
@@ -313,7 +419,7 @@ class Warehouse:
             return pd.read_sql_query(sa.text(sql), connection, params=dict(params or {}))
 
     def dispose(self) -> None:
-        """Close this warehouse's pooled connections (PostgreSQL) and forget its engine."""
+        """Close pooled connections (releases DuckDB's file lock held by this process)."""
         with Warehouse._lock:
             engine = Warehouse._engines.pop(self._key, None)
         if engine is not None:
@@ -346,6 +452,27 @@ def _interrupt_after(engine: Engine, seconds: float) -> None:
     def _disarm_on_error(context: Any) -> None:
         if context.connection is not None:
             _disarm(context.connection)
+
+
+def release_duckdb_file(url: str) -> int:
+    """Close this process's pooled connections to the DuckDB file of `url`, whatever schema
+    they were opened with, so another process (dbt) can take the file's lock. Returns how
+    many connection pools were closed; a no-op for PostgreSQL."""
+    parsed = parse_warehouse_url(url)
+    if parsed.get_backend_name() != "duckdb" or not parsed.database:
+        return 0
+    target = Path(parsed.database).expanduser().absolute()
+    with Warehouse._lock:
+        engines = [
+            Warehouse._engines.pop(key)
+            for key in list(Warehouse._engines)
+            if (other := parse_warehouse_url(key[0])).get_backend_name() == "duckdb"
+            and other.database
+            and Path(other.database).expanduser().absolute() == target
+        ]
+    for engine in engines:
+        engine.dispose()
+    return len(engines)
 
 
 def wait_until_duckdb_file_is_free(url: str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
