@@ -40,19 +40,6 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _warehouse(settings: Settings, interactive: bool = False):
-    """`interactive`: a read a person waits on, bounded by KPI_WAREHOUSE_STATEMENT_TIMEOUT."""
-    from kpi_pipelines.warehouse import Warehouse
-
-    return Warehouse(
-        settings.warehouse_url,
-        settings.warehouse_schema or None,
-        connect_timeout=settings.connect_timeout,
-        statement_timeout=settings.statement_timeout if interactive else None,
-        lock_timeout=settings.lock_timeout,
-    )
-
-
 def _output_dir(name: str) -> Path:
     """--out DIR: a directory, created if missing; a UsageError if it names something else."""
     if Path(name).exists() and not Path(name).is_dir():
@@ -76,7 +63,7 @@ def ingest_files(settings: Settings, files: Sequence[str]) -> tuple[int, int, in
     from kpi_pipelines.ingestion.loader import EventLoader
     from kpi_pipelines.partitions import before_first_day, early_events_note
 
-    loader = EventLoader(_warehouse(settings), settings.pii_salt)
+    loader = EventLoader(settings.warehouse(), settings.pii_salt)
     totals = [0, 0, 0]
     for name in files:
         result = loader.load_file(name, require_json_lines=True)
@@ -122,7 +109,7 @@ def _load_reference(args: argparse.Namespace, kind: str) -> int:
     from kpi_pipelines.ingestion.catalog import load_catalog, load_judgments
 
     loader = load_catalog if kind == "catalog" else load_judgments
-    result = loader(_warehouse(Settings.from_env()), args.file, allow_rejects=args.allow_rejects)
+    result = loader(Settings.from_env().warehouse(), args.file, allow_rejects=args.allow_rejects)
     for problem in result.problems[:50]:
         print(f"{args.file}: line {problem.line}: {problem.reason}", file=sys.stderr)
     if len(result.problems) > 50:
@@ -230,7 +217,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     end = args.end or args.start
     check_days(defs, args.start, end)  # before the warehouse is opened (and migrated)
-    _warehouse(Settings.from_env()).engine  # an unreachable warehouse is one line, before any run
+    Settings.from_env().warehouse().engine  # an unreachable warehouse is one line, before any run
     result = materialize(args.start, end, defs)
     print(f"materialized {args.start}..{end} in run {result.run_id} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
     return 0
@@ -269,7 +256,7 @@ def query_metrics(
     if end:
         where.append('"timestamp" < :end')
         params["end"] = dt.datetime.combine(end + dt.timedelta(days=1), dt.time())
-    rows = _warehouse(settings, interactive=True).query(
+    rows = settings.warehouse(interactive=True).query(
         'SELECT metric_name, metric_value, dimensions, "timestamp", aggregation_level FROM kpi_metrics '
         f"WHERE {' AND '.join(where)} ORDER BY metric_name, aggregation_level, \"timestamp\", dimensions",
         params,
@@ -374,7 +361,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"1/5 generating {args.days} days of traffic ({args.sessions} sessions a day) into {out}")
     traffic = generate(out, days=args.days, sessions=args.sessions, seed=args.seed, start=start)
     print(f"2/5 loading the catalog and judgments, ingesting {traffic.events:,} events")
-    warehouse = _warehouse(settings)
+    warehouse = settings.warehouse()
     load_catalog(warehouse, traffic.catalog_path)
     load_judgments(warehouse, traffic.judgments_path)
     ingest_files(settings, [str(traffic.events_path)])
@@ -414,7 +401,7 @@ def print_summary(settings: Settings, start: dt.date, end: dt.date) -> None:
     """Per domain, each overall daily KPI: its last day's value and its mean over the range."""
     from kpi_pipelines.display import readable_number
 
-    warehouse = _warehouse(settings)
+    warehouse = settings.warehouse()
     events = warehouse.query(
         "SELECT event_type, count(*) FROM raw_events WHERE event_date BETWEEN :start AND :end GROUP BY 1 ORDER BY 1",
         {"start": start, "end": end},
@@ -456,7 +443,7 @@ def announce_warehouse(stream: Any) -> None:
     from kpi_pipelines.display import warehouse_location
 
     settings = Settings.from_env()
-    line, warning = warehouse_location(_warehouse(settings))
+    line, warning = warehouse_location(settings.warehouse())
     print(line, file=stream, flush=True)
     if warning:
         print(warning, file=sys.stderr, flush=True)

@@ -10,7 +10,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from kpi_pipelines.warehouse import DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_WAREHOUSE_URL
+from kpi_pipelines.warehouse import DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_WAREHOUSE_URL, Warehouse
 
 # KPI_PII_SALT's default, with a warning. Here rather than in ingestion/pii.py: importing the
 # ingestion package loads its assets, whose partitions read KPI_FIRST_DAY from this module.
@@ -131,6 +131,17 @@ class Settings:
             connect_timeout=seconds_setting("KPI_WAREHOUSE_CONNECT_TIMEOUT"),
             statement_timeout=seconds_setting("KPI_WAREHOUSE_STATEMENT_TIMEOUT"),
             lock_timeout=seconds_setting("KPI_WAREHOUSE_LOCK_TIMEOUT"),
+        )
+
+    def warehouse(self, interactive: bool = False) -> Warehouse:
+        """The configured warehouse with its timeouts. `interactive`: a read a person waits on,
+        bounded by KPI_WAREHOUSE_STATEMENT_TIMEOUT (batch work has no statement timeout)."""
+        return Warehouse(
+            self.warehouse_url,
+            self.warehouse_schema or None,
+            connect_timeout=self.connect_timeout,
+            statement_timeout=self.statement_timeout if interactive else None,
+            lock_timeout=self.lock_timeout,
         )
 
 

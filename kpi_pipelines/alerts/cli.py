@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kpi_pipelines.alerts.config import AlertSettings
+from kpi_pipelines.settings import Settings
 from kpi_pipelines.alerts.rules import (
     RulesError,
     RuleSet,
@@ -39,15 +40,6 @@ def _duration(text: str) -> dt.timedelta:
     if value <= dt.timedelta(0):
         raise argparse.ArgumentTypeError(f"{text!r} must be longer than 0")
     return value
-
-
-def _warehouse():
-    from kpi_pipelines.settings import Settings
-    from kpi_pipelines.warehouse import Warehouse
-
-    settings = Settings.from_env()
-    warehouse = Warehouse(settings.warehouse_url, settings.warehouse_schema or None)
-    return warehouse
 
 
 def _rules(settings: AlertSettings) -> RuleSet | None:
@@ -89,7 +81,7 @@ def evaluate_and_print(at: dt.datetime | None = None, out: Callable[[str], Any] 
     if ruleset is None:
         return 1
     _warn(ruleset)
-    report = run_evaluation(_warehouse(), ruleset, settings, at, trigger=trigger)
+    report = run_evaluation(Settings.from_env().warehouse(), ruleset, settings, at, trigger=trigger)
     out(report.summary())
     for rule, dims, transition in report.transitions:
         dims_text = f" {json.dumps(dims, sort_keys=True)}" if dims else ""
@@ -175,7 +167,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     ruleset = _rules(AlertSettings.from_env())
     if ruleset is not None:
         _warn(ruleset)
-    for line in list_alerts(_warehouse()):
+    for line in list_alerts(Settings.from_env().warehouse()):
         print(line)
     return 0 if ruleset is not None else 1
 
@@ -194,7 +186,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
         by = getpass.getuser()
     except Exception:
         by = "unknown"
-    silence_id = add_silence(_warehouse(), args.rule, now, ends, args.reason.strip(), by)
+    silence_id = add_silence(Settings.from_env().warehouse(), args.rule, now, ends, args.reason.strip(), by)
     print(f"silenced {args.rule} for {format_duration(getattr(args, 'for'))} until {ends:%Y-%m-%d %H:%M} UTC (silence {silence_id})")
     return 0
 
@@ -202,7 +194,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
 def cmd_unsilence(args: argparse.Namespace) -> int:
     from kpi_pipelines.alerts.store import expire_silences, utcnow
 
-    count = expire_silences(_warehouse(), args.rule, utcnow())
+    count = expire_silences(Settings.from_env().warehouse(), args.rule, utcnow())
     if count == 0 and not _rule_exists(args.rule, " and no silence of it"):
         return 1
     print(f"ended {count} silence(s) of {args.rule}")
