@@ -7,16 +7,19 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: install demo test dev serve bench deploy-local clean
 
+# pip's own output (and what the machine's pip configuration prints) goes to a log; its last
+# lines are shown when the install fails
 $(STAMP): setup.py
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	@echo "installing kpi_pipelines and its dependencies into $(VENV) (log: $(VENV)/install.log)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@( $(BIN)/python -m pip install --upgrade pip && $(BIN)/python -m pip install -e ".[dev]" ) > $(VENV)/install.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
+	@touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/kpi demo
+	@$(BIN)/kpi demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest kpi_pipelines_tests
