@@ -176,6 +176,19 @@ def tail(path: Path, lines: int = 60) -> str:
     return f"--- last {min(lines, len(text))} lines of {path}\n" + "\n".join(text[-lines:])
 
 
+def graphql(web_url: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The data of one query to a Dagster webserver's GraphQL endpoint, asserting no errors."""
+    request = urllib.request.Request(
+        web_url + "/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        payload = json.load(response)
+    assert not payload.get("errors"), payload["errors"]
+    return payload["data"]
+
+
 @dataclass
 class Service:
     """One process of the deployment, in its own session and process group, logging to a file."""
@@ -257,15 +270,7 @@ class Deployment:
             time.sleep(interval)
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        request = urllib.request.Request(
-            self.web_url + "/graphql",
-            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            payload = json.load(response)
-        assert not payload.get("errors"), payload["errors"]
-        return payload["data"]
+        return graphql(self.web_url, query, variables)
 
     def runs(self, **run_filter: Any) -> list[dict[str, Any]]:
         result = self.graphql(RUNS_QUERY, {"filter": run_filter})["runsOrError"]

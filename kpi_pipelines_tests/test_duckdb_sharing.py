@@ -10,14 +10,12 @@ KPI_WAREHOUSE_LOCK_TIMEOUT fails a command in one line naming the setting."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from kpi_pipelines.synthetic import generate
 import kpi_pipelines.warehouse as warehouse_module
 from kpi_pipelines.warehouse import Warehouse, wait_for_duckdb_file
 from kpi_pipelines_tests.conftest import SALT
-from kpi_pipelines_tests.test_deployment import HOST, Service, free_port, tail
+from kpi_pipelines_tests.test_deployment import HOST, Service, free_port, graphql, tail
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -91,15 +89,7 @@ class Dagster:
     port: int
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        request = urllib.request.Request(
-            f"http://{HOST}:{self.port}/graphql",
-            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            payload = json.load(response)
-        assert not payload.get("errors"), payload["errors"]
-        return payload["data"]
+        return graphql(f"http://{HOST}:{self.port}", query, variables)
 
     def wait_for(self, probe, seconds: float, what: str) -> Any:
         deadline = time.monotonic() + seconds
