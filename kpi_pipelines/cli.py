@@ -60,8 +60,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def ingest_files(settings: Settings, files: Sequence[str]) -> tuple[int, int, int]:
+    from kpi_pipelines.first_day import before_first_day, early_events_note
     from kpi_pipelines.ingestion.loader import EventLoader
-    from kpi_pipelines.partitions import before_first_day, early_events_note
 
     loader = EventLoader(settings.warehouse(), settings.pii_salt)
     totals = [0, 0, 0]
@@ -81,8 +81,7 @@ def event_files(names: Sequence[str]) -> list[str]:
     """The files to ingest: each name as given, a directory as its event files (the names the
     landing directory takes: *.jsonl, *.jsonl.gz, *.ndjson, *.ndjson.gz; not hidden, not in
     subdirectories) in name order."""
-    from kpi_pipelines.ingestion.loader import IngestError
-    from kpi_pipelines.ingestion.resources import EVENT_FILE_SUFFIXES
+    from kpi_pipelines.ingestion.loader import EVENT_FILE_SUFFIXES, IngestError
 
     files: list[str] = []
     for name in names:
@@ -335,7 +334,7 @@ def record_demo_first_day(start: dt.date, env_file: Path) -> str:
     from dotenv import dotenv_values
 
     if os.environ.get("KPI_FIRST_DAY", "").strip() or (env_file.exists() and dotenv_values(env_file).get("KPI_FIRST_DAY")):
-        from kpi_pipelines.partitions import first_day
+        from kpi_pipelines.first_day import first_day
 
         if first_day() > start:
             raise UsageError(f"KPI_FIRST_DAY={first_day()} is after the demo's first day {start}: set it to {start} or earlier")

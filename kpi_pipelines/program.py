@@ -15,11 +15,12 @@ from dotenv import load_dotenv
 
 def run() -> None:
     load_dotenv(Path.cwd() / ".env", override=False)
+    from kpi_pipelines.first_day import first_day
     from kpi_pipelines.settings import SettingError
 
     try:
         # read as the definitions load, before any command: a bad value is one line, not a traceback
-        import kpi_pipelines.partitions  # noqa: F401
+        first_day()
     except SettingError as error:
         print(f"kpi: error: {error}", file=sys.stderr)
         sys.exit(1)

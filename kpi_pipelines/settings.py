@@ -28,7 +28,7 @@ DEFAULTS = {
     "KPI_LANDING_AFTER_LOAD": "delete",  # delete | archive | keep
     "DAGSTER_HOME": ".dagster_home",
     "KPI_NIGHTLY_LOOKBACK_DAYS": "2",
-    "KPI_FIRST_DAY": "2026-01-01",  # the first daily partition (kpi_pipelines/partitions.py)
+    "KPI_FIRST_DAY": "2026-01-01",  # the first daily partition (kpi_pipelines/first_day.py)
     # alerting (docs/alerts.md)
     "KPI_ALERT_RULES": "",  # '' = the packaged kpi_pipelines/alerts/default_rules.yaml
     "SLACK_BOT_TOKEN": "",  # '' = Slack notifications go to the log

@@ -22,7 +22,7 @@ from dagster import DagsterInstance, materialize
 from kpi_pipelines import cli
 from kpi_pipelines.ingestion.assets import raw_events
 from kpi_pipelines.ingestion.resources import EventIngestionResource
-from kpi_pipelines.partitions import first_day
+from kpi_pipelines.first_day import first_day
 from kpi_pipelines.settings import DEFAULTS
 from kpi_pipelines.warehouse import WarehouseResource
 from kpi_pipelines_tests.conftest import SALT, event

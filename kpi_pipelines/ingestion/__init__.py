@@ -1,13 +1,14 @@
-"""Ingestion: events (raw_events, rejected_events), the catalog and relevance judgments."""
+"""Ingestion: events (raw_events, rejected_events), the catalog and relevance judgments.
 
-from dagster import Definitions
+The domain's Dagster definitions (`defs`, in `definitions.py`) are loaded on first use: `kpi
+ingest` and the other commands import the loaders from this package without paying for
+Dagster (issue 13).
+"""
 
-from kpi_pipelines.ingestion.assets import products, raw_events, relevance_judgments
-from kpi_pipelines.ingestion.jobs import ingest_job
-from kpi_pipelines.ingestion.sensors import landing_sensor
 
-defs = Definitions(
-    assets=[raw_events, products, relevance_judgments],
-    jobs=[ingest_job],
-    sensors=[landing_sensor],
-)
+def __getattr__(name: str):
+    if name == "defs":
+        from kpi_pipelines.ingestion.definitions import defs
+
+        return defs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,12 +24,13 @@ from dagster import (
 )
 from pydantic import Field
 
+from kpi_pipelines.first_day import before_first_day, early_events_note
 from kpi_pipelines.ingestion.checks import RAW_EVENTS_CHECK, raw_events_check
 from kpi_pipelines.ingestion.loader import IngestError, file_key
 from kpi_pipelines.ingestion.quarantine import quarantine, quarantined_before
 from kpi_pipelines.ingestion.resources import EventIngestionResource
 from kpi_pipelines.partition_checks import DailyAssetEvent, day_check_events
-from kpi_pipelines.partitions import before_first_day, daily_partitions, days_in, early_events_note
+from kpi_pipelines.partitions import daily_partitions, days_in
 from kpi_pipelines.retries import TRANSIENT_RETRY_POLICY, retry_only_transient
 from kpi_pipelines.warehouse import Warehouse, WarehouseResource
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kpi_pipelines.partitions import EARLIEST_FIRST_DAY
+from kpi_pipelines.first_day import EARLIEST_FIRST_DAY
 
 EVENT_TYPES = ("search", "generation", "review", "data_quality", "system_performance", "business")
 SOURCES = ("api", "dashboard", "system", "external")
@@ -34,7 +34,7 @@ MAX_NUMBER = 1e15  # |x| of a number field: sums and squares over billions of ev
 MAX_INTEGER = 2**31 - 1  # integer fields are INTEGER columns in stg_events
 # The earliest accepted event time: the earliest day KPI_FIRST_DAY may name, so an accepted
 # event dated before the configured first day is stored, reported by the load, and counted
-# once KPI_FIRST_DAY is moved back (kpi_pipelines/partitions.py).
+# once KPI_FIRST_DAY is moved back (kpi_pipelines/first_day.py).
 EARLIEST_TIME = EARLIEST_FIRST_DAY.isoformat()
 # The latest accepted event time: evaluated by each load (and each API batch), not frozen.
 LATEST_TIME = "timezone('UTC', now()) + INTERVAL 1 DAY"

@@ -53,6 +53,8 @@ PARTIAL_TOKEN = r'[^",:{}\[\]]*$'  # the end of a cut line after its last JSON s
 # A file handed over as events whose first lines hold no JSON object at all (a catalog CSV, a
 # log) is refused whole: rejecting every line would fill rejected_events with another file.
 SNIFF_LINES = 100
+# the names of event files, in a directory given to `kpi ingest` and in the landing directory
+EVENT_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 
 
 class IngestError(Exception):

@@ -15,10 +15,8 @@ AfterLoad = Literal["delete", "archive", "keep"]
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from kpi_pipelines.ingestion.loader import EventLoader
+from kpi_pipelines.ingestion.loader import EVENT_FILE_SUFFIXES, EventLoader
 from kpi_pipelines.warehouse import Warehouse
-
-EVENT_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 
 
 class EventIngestionResource(ConfigurableResource):

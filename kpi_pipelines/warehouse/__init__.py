@@ -1,7 +1,9 @@
 """The warehouse: one SQLAlchemy URL, DuckDB (embedded default) or PostgreSQL (production).
 
 `Warehouse` is the plain object the loaders, KPI functions and CLI use; `WarehouseResource`
-is the Dagster resource that builds one from `KPI_WAREHOUSE_URL` / `KPI_WAREHOUSE_SCHEMA`.
+(`resource.py`) is the Dagster resource that builds one from `KPI_WAREHOUSE_URL` /
+`KPI_WAREHOUSE_SCHEMA`. It is loaded on first use, so that the commands that do not run
+Dagster do not import it (issue 13: importing Dagster costs about a second).
 The schema is created or migrated on first use (see `schema.py`), so no step is manual.
 
 Timeouts (docs/decisions.md, "Warehouse timeouts"): every PostgreSQL connection gives up
@@ -35,8 +37,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
 
 import duckdb
 import sqlalchemy as sa
-from dagster import ConfigurableResource
-from pydantic import Field
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from kpi_pipelines.warehouse.dialect import Dialect
@@ -486,16 +486,9 @@ def wait_until_duckdb_file_is_free(url: str, lock_timeout: float = DEFAULT_LOCK_
         wait_for_duckdb_file(lambda: duckdb.connect(str(path)), path, lock_timeout).close()
 
 
-class WarehouseResource(ConfigurableResource):
-    """The project's warehouse, configured from `KPI_WAREHOUSE_URL`, `KPI_WAREHOUSE_SCHEMA` and
-    `KPI_WAREHOUSE_LOCK_TIMEOUT`."""
+def __getattr__(name: str):
+    if name == "WarehouseResource":
+        from kpi_pipelines.warehouse.resource import WarehouseResource
 
-    url: str = Field(default=DEFAULT_WAREHOUSE_URL, description="SQLAlchemy URL of the warehouse")
-    schema_name: str = Field(default="", description="schema of the project's tables; '' = default")
-    lock_timeout: float = Field(
-        default=DEFAULT_LOCK_TIMEOUT,
-        description="KPI_WAREHOUSE_LOCK_TIMEOUT: seconds to wait for a DuckDB file another process holds",
-    )
-
-    def get_warehouse(self) -> Warehouse:
-        return Warehouse(self.url, self.schema_name or None, lock_timeout=self.lock_timeout)
+        return WarehouseResource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
