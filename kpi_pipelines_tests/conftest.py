@@ -3,6 +3,7 @@ test on its own database file or schema."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import uuid
@@ -37,6 +38,38 @@ def pytest_report_header() -> str | None:
 
     names = ", ".join(sorted(dotenv_values(env_file)))
     return f"{env_file} sets {names or 'nothing'}: Dagster processes the tests start in the repository take it over their environment"
+
+
+# The test tiers (pytest.ini, README "Tests"). `postgres` is derived here from what a test
+# uses, so that no PostgreSQL test can miss it: a fixture that opens a PostgreSQL schema, a
+# parameter naming the backend (the `warehouse` fixture's and the instance fixtures'), or a
+# call of `postgres_or_skip` in the test or in one of its fixtures. `browser` likewise from
+# the Chromium fixture; `deployment` and `slow` are marked by the tests themselves.
+POSTGRES_FIXTURES = {"pg_schema", "postgres_warehouse"}
+BROWSER_FIXTURES = {"browser"}
+
+
+def _calls_postgres_or_skip(item: pytest.Item) -> bool:
+    # pytest has no public API for the fixture definitions an item uses (`_fixtureinfo`)
+    functions = [item.function] + [
+        definition.func for definitions in item._fixtureinfo.name2fixturedefs.values() for definition in definitions
+    ]
+    return any("postgres_or_skip(" in inspect.getsource(function) for function in functions)
+
+
+def uses_postgres(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and any(value == "postgresql" for value in callspec.params.values()):
+        return True
+    return bool(POSTGRES_FIXTURES & set(item.fixturenames)) or _calls_postgres_or_skip(item)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if uses_postgres(item):
+            item.add_marker(pytest.mark.postgres)
+        if BROWSER_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.browser)
 
 
 def definitions_for(warehouse: Warehouse, landing_dir: str = "/nonexistent", after_load: str = "delete"):

@@ -9,6 +9,7 @@ import datetime as dt
 import subprocess
 import uuid
 
+import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance
 from sqlalchemy.engine import make_url
@@ -68,6 +69,7 @@ def test_a_missing_postgresql_database_is_one_line_naming_it(tmp_path):
     assert not (tmp_path / "home").exists()
 
 
+@pytest.mark.deployment
 def test_a_cli_run_is_one_of_the_jobs_runs_in_the_ui(warehouse, tmp_path, monkeypatch, write_events):
     load_events(warehouse, write_events, [event("e1", timestamp=f"{DAY}T10:00:00Z")])
     env = _env(warehouse, tmp_path)

@@ -589,6 +589,7 @@ def test_installed_dagster_accepts_the_flags_the_deployment_files_use():
 # --- make deploy-local -------------------------------------------------------------------
 
 
+@pytest.mark.deployment
 def test_deploy_local_script_starts_the_three_processes_and_stops_them_on_ctrl_c(tmp_path):
     url = postgres_or_skip()
     with fresh_database(url, "kpi_local_instance") as instance_db, fresh_schema(url) as schema:
@@ -662,6 +663,7 @@ def test_deploy_local_script_starts_the_three_processes_and_stops_them_on_ctrl_c
 # --- end to end --------------------------------------------------------------------------
 
 
+@pytest.mark.deployment
 def test_landing_file_becomes_kpis_through_the_deployed_daemon(deployment: Deployment):
     with deployment.logs_on_failure():
         selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": "landing_sensor"}
@@ -712,6 +714,7 @@ def test_landing_file_becomes_kpis_through_the_deployed_daemon(deployment: Deplo
         assert metrics["search.no_results_rate"] == pytest.approx(0.5)
 
 
+@pytest.mark.deployment
 def test_schedule_started_through_graphql_ticks_into_postgresql(deployment: Deployment):
     from dagster._core.definitions.run_request import InstigatorType
     from dagster._core.scheduler.instigation import InstigatorStatus, TickStatus

@@ -186,6 +186,7 @@ def embedded(tmp_path_factory) -> Iterator[dict[str, Any]]:
                "later": later, "accepted_before": before}
 
 
+@pytest.mark.deployment
 def test_commands_and_a_daemon_run_wait_for_each_other_on_the_duckdb_file(embedded):
     dagster: Dagster = embedded["dagster"]
     env, path, (start, end), later = embedded["env"], embedded["file"], embedded["days"], embedded["later"]

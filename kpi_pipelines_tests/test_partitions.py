@@ -196,6 +196,7 @@ RAW_EVENTS_PARTITIONS = """{ assetNodeOrError(assetKey: {path: ["raw_events"]}) 
   partitionKeysByDimension { partitionKeys } partitionStats { numMaterialized numPartitions } } } }"""
 
 
+@pytest.mark.deployment
 def test_the_demo_s_first_day_is_used_by_dagster_and_later_kpi_commands(tmp_path):
     """`kpi demo`, then a Dagster webserver started where `make dev` starts it (the directory
     holding `.env`) and a later `kpi ingest`: both read the demo's first day."""
