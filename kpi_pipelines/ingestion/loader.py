@@ -208,36 +208,49 @@ class EventLoader:
     def _load_into_duckdb(self, path: Path, source: str, require_json_lines: bool) -> LoadResult:
         result = LoadResult(str(path))
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        with self.warehouse.begin() as connection:
+        # The stage is built before the write transaction, as committed temporary tables (they
+        # never leave this connection, which stays checked out, so no other process takes the
+        # file in between): rows a transaction wrote itself are read back uncompressed, and
+        # staging inside it cost ~0.6 CPU-seconds more and twice the peak memory for 1M events.
+        with self.warehouse.engine.connect() as connection:
             db = connection.connection.driver_connection
-            self._configure(db)
-            db.execute(f"CREATE OR REPLACE TEMP TABLE kpi_lines AS {lines_sql(str(path))}")
-            if require_json_lines:
-                _refuse_unless_json_lines(db, "kpi_lines", path)
-            db.execute(f"CREATE OR REPLACE TEMP TABLE kpi_stage AS {stage_sql('kpi_lines', self.salt)}")
-            db.execute("DROP TABLE kpi_lines")
             try:
-                result.accepted = db.execute(
-                    f"""INSERT INTO raw_events ({EVENT_COLUMNS})
-                    SELECT event_id, event_type, action, event_time, event_date, session_id, user_key,
-                           source, metadata, ?, ?
-                    FROM ({_accepted_events('kpi_stage', self.salt)}) s
-                    WHERE NOT EXISTS (SELECT 1 FROM raw_events r WHERE r.event_id = s.event_id)""",
-                    [source, now],
-                ).fetchone()[0]
-                db.execute(
-                    f"""INSERT INTO rejected_events ({REJECT_COLUMNS})
-                    SELECT md5(? || ':' || line_no || ':' || raw_text), ?, line_no, event_id, reason, raw_text, ?
-                    FROM kpi_stage WHERE reason IS NOT NULL
-                    ON CONFLICT DO NOTHING""",
-                    [source, source, now],
-                )
-                self._count_staged(db, "kpi_stage", result)
-                result.duplicates = sum(result.events_by_date.values()) - result.accepted
+                self._configure(db)
+                db.execute(f"CREATE OR REPLACE TEMP TABLE kpi_lines AS {lines_sql(str(path))}")
+                if require_json_lines:
+                    _refuse_unless_json_lines(db, "kpi_lines", path)
+                db.execute(f"CREATE OR REPLACE TEMP TABLE kpi_stage AS {stage_sql('kpi_lines', self.salt)}")
+                db.execute("DROP TABLE kpi_lines")
+                with connection.begin():
+                    self._insert_staged(db, connection, path, source, result, now)
             finally:
+                db.execute("DROP TABLE IF EXISTS kpi_lines")
                 db.execute("DROP TABLE IF EXISTS kpi_stage")
-            self._record_file(connection, path, result, now)
         return result
+
+    def _insert_staged(
+        self, db: Any, connection: sa.Connection, path: Path, source: str, result: LoadResult, now: dt.datetime
+    ) -> None:
+        """The new accepted events, the rejects and the file's record, from `kpi_stage`, in the
+        caller's transaction."""
+        result.accepted = db.execute(
+            f"""INSERT INTO raw_events ({EVENT_COLUMNS})
+            SELECT event_id, event_type, action, event_time, event_date, session_id, user_key,
+                   source, metadata, ?, ?
+            FROM ({_accepted_events('kpi_stage', self.salt)}) s
+            WHERE NOT EXISTS (SELECT 1 FROM raw_events r WHERE r.event_id = s.event_id)""",
+            [source, now],
+        ).fetchone()[0]
+        db.execute(
+            f"""INSERT INTO rejected_events ({REJECT_COLUMNS})
+            SELECT md5(? || ':' || line_no || ':' || raw_text), ?, line_no, event_id, reason, raw_text, ?
+            FROM kpi_stage WHERE reason IS NOT NULL
+            ON CONFLICT DO NOTHING""",
+            [source, source, now],
+        )
+        self._count_staged(db, "kpi_stage", result)
+        result.duplicates = sum(result.events_by_date.values()) - result.accepted
+        self._record_file(connection, path, result, now)
 
     def _load_into_postgres(self, path: Path, source: str, require_json_lines: bool) -> LoadResult:
         result = LoadResult(str(path))
