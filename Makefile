@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test dev serve bench deploy-local clean
+.PHONY: install demo test test-fast dev serve bench deploy-local clean
 
 # pip's own output (and what the machine's pip configuration prints) goes to a log; its last
 # lines are shown when the install fails
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest kpi_pipelines_tests
+
+# the inner loop: every test but the slow, browser and deployment tiers (README "Tests")
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest kpi_pipelines_tests -m "not slow and not browser and not deployment"
 
 dev: $(STAMP)
 	$(BIN)/python -c "from kpi_pipelines.cli import dagster_home; dagster_home()"

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from kpi_pipelines.warehouse import DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_WAREHOUSE_URL, Warehouse
 
-# KPI_PII_SALT's default, with a warning. Here rather than in ingestion/pii.py: importing the
-# ingestion package loads its assets, whose partitions read KPI_FIRST_DAY from this module.
+# KPI_PII_SALT's default, with a warning (`Settings.from_env`).
 DEVELOPMENT_SALT = "kpi-pipelines-development-salt"
 
 DEFAULTS = {

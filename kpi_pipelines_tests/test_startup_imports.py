@@ -32,14 +32,19 @@ def imported_packages(*args: str, env: dict[str, str], cwd: Path) -> set[str]:
     return {name.split(".")[0] for name in modules}
 
 
-@pytest.mark.parametrize("command", ["--help", "ingest", "metrics"])
+@pytest.mark.parametrize("command", ["--help", "ingest", "metrics", "alerts"])
 def test_commands_without_dagster_do_not_import_it(warehouse, tmp_path, write_events, command):
     env = {
         "KPI_WAREHOUSE_URL": warehouse.url.render_as_string(hide_password=False),
         "KPI_WAREHOUSE_SCHEMA": warehouse.schema or "",
         "KPI_PII_SALT": "import-salt",
     }
-    args = {"--help": ["--help"], "ingest": ["ingest", str(write_events([event("e-1")]))], "metrics": ["metrics"]}[command]
+    args = {
+        "--help": ["--help"],
+        "ingest": ["ingest", str(write_events([event("e-1")]))],
+        "metrics": ["metrics"],
+        "alerts": ["alerts", "list"],
+    }[command]
     packages = imported_packages(*args, env=env, cwd=tmp_path)
     assert "duckdb" in packages and "sqlalchemy" in packages  # the warehouse's own, for contrast
     assert not packages & HEAVY, sorted(packages & HEAVY)
