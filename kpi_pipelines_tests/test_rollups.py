@@ -338,6 +338,9 @@ def test_dbt_tests_catch_duplicates_and_rates_out_of_range_in_the_window(duckdb_
         ))
         connection.execute(sa.text(
             "INSERT INTO rollup_events_hour VALUES ('search.odd_rate', 1.5, '{}', TIMESTAMP '2026-03-10 12:00:00', 'hour'), "
+            # a row of another level and a row without dimensions: well_formed finds both
+            "('search.queries', 3, '{}', TIMESTAMP '2026-03-10 13:00:00', 'day'), "
+            "('search.queries', 3, NULL, TIMESTAMP '2026-03-10 14:00:00', 'hour'), "
             # outside the window: the windowed tests do not read it
             "('search.other_rate', 7, '{}', TIMESTAMP '2026-03-01 12:00:00', 'hour')"
         ))
@@ -348,12 +351,19 @@ def test_dbt_tests_catch_duplicates_and_rates_out_of_range_in_the_window(duckdb_
         raise_on_error=False,
     )
     invocation.wait()
-    results = {r["unique_id"].split(".")[2]: r["status"] for r in invocation.get_artifact("run_results.json")["results"]}
+    run_results = invocation.get_artifact("run_results.json")["results"]
     shutil.rmtree(invocation.target_path, ignore_errors=True)
-    failed = {name for name, status in results.items() if status == "fail"}
+    failed = {r["unique_id"].split(".")[2]: r["failures"] for r in run_results if r["status"] == "fail"}
+    well_formed = "well_formed_rollup_events_hour__hour___metric_name__metric_value__dimensions__timestamp__aggregation_level"
+    duplicated_keys = duckdb_warehouse.scalar(
+        "SELECT count(*) FROM (SELECT DISTINCT \"timestamp\" FROM rollup_events_hour WHERE metric_name = 'search.queries' "
+        "AND dimensions = '{}' AND aggregation_level = 'hour' AND \"timestamp\" >= TIMESTAMP '2026-03-10' "
+        "AND \"timestamp\" < TIMESTAMP '2026-03-10 13:00:00') AS copied"
+    )
     assert failed == {
-        "unique_combination_rollup_events_hour_metric_name__dimensions__timestamp__aggregation_level",
-        "rates_within_unit_interval_rollup_events_hour_metric_value",
+        "unique_combination_rollup_events_hour_metric_name__dimensions__timestamp__aggregation_level": duplicated_keys,
+        "rates_within_unit_interval_rollup_events_hour_metric_value": 1,
+        well_formed: 2,
     }
     invocation = resource.cli(["test", "--select", "rates_within_unit_interval_rollup_events_hour_metric_value"], raise_on_error=False)
     invocation.wait()  # without a window, the whole table: both bad rates

@@ -1,10 +1,12 @@
 {#-
   The time window an incremental run replaces.
 
-  Dagster passes the partition window of the run as --vars '{"min_date": "YYYY-MM-DD",
-  "max_date": "YYYY-MM-DD"}': UTC days, min_date included, max_date excluded (a single-run
-  backfill passes its whole range). Without the vars (a hand-run `dbt build`) there is no
-  window: every stored day is recomputed.
+  The window is --vars '{"min_date": "YYYY-MM-DD", "max_date": "YYYY-MM-DD"}' (by hand) or,
+  without vars, the environment variables DBT_MIN_DATE and DBT_MAX_DATE (how Dagster passes
+  the partition window of the run: vars on the command line would make dbt discard its saved
+  parse state, kpi_pipelines/rollups/project.py): UTC days, min_date included, max_date
+  excluded (a single-run backfill passes its whole range). With neither (a hand-run `dbt
+  build`) there is no window: every stored day is recomputed.
 
   Weekly buckets are never rebuilt in part: for grain 'week' the window is widened to whole
   ISO weeks (Monday 00:00 UTC to the Monday after the last day), the same buckets
@@ -14,6 +16,11 @@
 {% macro rollup_window(grain='day') -%}
   {%- set min_date = var('min_date', none) -%}
   {%- set max_date = var('max_date', none) -%}
+  {%- if min_date is none and max_date is none and execute -%}
+    {#- Dagster's window: read at execution only, so the parse does not depend on it -#}
+    {%- set min_date = env_var('DBT_MIN_DATE', '') or none -%}
+    {%- set max_date = env_var('DBT_MAX_DATE', '') or none -%}
+  {%- endif -%}
   {%- if min_date is none and max_date is none -%}
     {{ return(none) }}
   {%- endif -%}

@@ -3,8 +3,10 @@
 - `rollup_models`: the incremental models (stg_events and the rollups), daily-partitioned
   like the Python KPI assets, one dbt invocation per run (`BackfillPolicy.single_run()`: a
   backfill of a range is one `dbt build` over the whole range, which DuckDB's single writer
-  needs). The run's partition window goes to dbt as `--vars '{"min_date", "max_date"}'` and
-  each model deletes and re-inserts that window (weekly models: widened to whole weeks).
+  needs). The run's partition window goes to dbt as the environment variables `DBT_MIN_DATE`
+  and `DBT_MAX_DATE` (`--vars` would make dbt parse the whole project again: see
+  project.py) and each model deletes and re-inserts that window (weekly models: widened to
+  whole weeks).
 - `rollup_views`: the views (kpi_metrics_all, stg_products), not partitioned; a run
   (re)creates them and runs their tests.
 
@@ -13,7 +15,6 @@
 
 
 import datetime as dt
-import json
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -38,6 +39,12 @@ def window_vars(start: "dt.date", end: "dt.date") -> dict[str, str]:
     return {"min_date": start.strftime("%Y-%m-%d"), "max_date": end.strftime("%Y-%m-%d")}
 
 
+def window_env(start: "dt.date", end: "dt.date") -> dict[str, str]:
+    """The same window as the environment variables dbt_project/macros/window.sql reads when
+    no vars are given."""
+    return {f"DBT_{name.upper()}": value for name, value in window_vars(start, end).items()}
+
+
 def _prepare() -> None:
     # A fresh clone has no manifest: parse (with the configured warehouse's target, so the
     # assets' kinds say duckdb or postgres). Never fails the load for a bad warehouse URL:
@@ -53,8 +60,10 @@ _prepare()
 translator = RollupsTranslator()
 
 
-def _run(context: AssetExecutionContext, dbt: RollupsDbtResource, args: list[str]) -> Iterator[Any]:
-    invocation = dbt.cli(args, context=context)
+def _run(
+    context: AssetExecutionContext, dbt: RollupsDbtResource, args: list[str], extra_env: dict[str, str] | None = None
+) -> Iterator[Any]:
+    invocation = dbt.cli(args, context=context, extra_env=extra_env)
     with retry_only_transient():  # a DuckDB file another process holds: retried; a failing test: not
         yield from invocation.stream()
     # each invocation writes its own target directory (manifest, run results, logs); keep a
@@ -75,10 +84,10 @@ def _run(context: AssetExecutionContext, dbt: RollupsDbtResource, args: list[str
 )
 def rollup_models(context: AssetExecutionContext, dbt: RollupsDbtResource) -> Iterator[Any]:
     window = context.partition_time_window
-    dbt_vars = window_vars(window.start, window.end)
-    context.log.info(f"dbt build for [{dbt_vars['min_date']}, {dbt_vars['max_date']})")
+    env = window_env(window.start, window.end)
+    context.log.info(f"dbt build for [{env['DBT_MIN_DATE']}, {env['DBT_MAX_DATE']})")
     # dbt tests check the whole window: each day gets their results (not "Skipped")
-    yield from spread_over_days(context, _run(context, dbt, ["build", "--vars", json.dumps(dbt_vars)]))
+    yield from spread_over_days(context, _run(context, dbt, ["build"], env))
 
 
 @dbt_assets(

@@ -14,6 +14,10 @@ query), then waits, bounded by KPI_WAREHOUSE_LOCK_TIMEOUT as every opening of th
 until no other process (a person's `kpi ingest`, `kpi metrics`) holds it; dbt-duckdb's own
 connect retries (`DBT_DUCKDB_CONNECT_ATTEMPTS`, profiles.yml) cover another process taking
 the file between that wait and dbt's start.
+
+Each call also gives dbt its own target directory holding a copy of the parse state prepared
+with the manifest (`partial_parse.msgpack`, kpi_pipelines/rollups/project.py), so dbt starts
+from it instead of parsing the project again.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from __future__ import annotations
 import getpass
 import importlib.metadata
 import os
+import shutil
 import sys
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cached_property
@@ -34,7 +40,7 @@ from dagster_dbt import DbtCliResource
 from packaging import version
 from pydantic import Field
 
-from kpi_pipelines.rollups.project import dbt_executable, dbt_project
+from kpi_pipelines.rollups.project import PARTIAL_PARSE_FILE, dbt_executable, dbt_project, partial_parse_path
 from kpi_pipelines.settings import seconds_setting
 from kpi_pipelines.warehouse import (
     DEFAULT_LOCK_TIMEOUT,
@@ -126,14 +132,30 @@ class RollupsDbtResource(DbtCliResource):
     def get_dbt_env(self) -> dict[str, str]:
         return dbt_env(self.warehouse_url, self.warehouse_schema or None)
 
-    def cli(self, args: Sequence[str], **kwargs: Any):  # type: ignore[override]
-        """`DbtCliResource.cli` with the warehouse's DBT_* variables, once neither this
-        process nor another holds the DuckDB file (see the module docstring)."""
-        env = self.get_dbt_env()
+    def cli(self, args: Sequence[str], *, extra_env: Mapping[str, str] | None = None, **kwargs: Any):  # type: ignore[override]
+        """`DbtCliResource.cli` with the warehouse's DBT_* variables (and `extra_env`), in a
+        target directory that starts from the prepared parse state, once neither this process
+        nor another holds the DuckDB file (see the module docstring)."""
+        env = {**self.get_dbt_env(), **(extra_env or {})}
+        if kwargs.get("target_path") is None:
+            kwargs["target_path"] = self._target_with_parse_state(kwargs.get("context"), env["DBT_TARGET"])
         release_duckdb_file(self.warehouse_url)
         wait_until_duckdb_file_is_free(self.warehouse_url, self.warehouse_lock_timeout)
         with _environment(env):
             return super().cli(args, **kwargs)
+
+    def _target_with_parse_state(self, context: Any, dbt_target: str) -> Path:
+        """A new target directory for one invocation, named as dagster-dbt names its own
+        (step, run, random), with a copy of the prepared `partial_parse.msgpack` if any."""
+        unique = uuid.uuid4().hex[:7]
+        name = f"{context.op_execution_context.op.name}-{context.run.run_id[:7]}-{unique}" if context else unique
+        target = Path(self.project_dir) / dbt_project.target_path / name
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(partial_parse_path(dbt_target), target / PARTIAL_PARSE_FILE)
+        except FileNotFoundError:
+            pass  # no prepared state (a parse that failed): dbt parses the whole project
+        return target
 
     # Two costs of every DbtCliResource.cli call that this project does not need (about 4 s
     # of each dbt step; measured in docs/rollups.md):
