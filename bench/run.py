@@ -11,7 +11,11 @@
    its counts are checked against what the generator wrote (broken and repeated lines);
 5. with --postgres (or KPI_TEST_POSTGRES_URL): `kpi ingest` into PostgreSQL ÷ a process
    running a plain `COPY` of the same file into a one-column table;
-6. `kpi materialize` of the week (every asset and check) ÷ the same baseline.
+6. `kpi materialize` of the week (every asset and check) ÷ the same baseline, then the
+   profile of that run (each step's seconds, from the run's event log) and a check of its
+   results: row counts and KPI values per day (events, queries, orders, revenue; stg_events'
+   rows) equal to references computed from raw_events by independent queries; a mismatch
+   fails the benchmark.
 
 Every figure is a whole process, timed from its start to its exit as a person running the
 command waits for it (start-up and imports included), with its own peak resident memory
@@ -28,7 +32,6 @@ import datetime as dt
 import json
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,10 +44,6 @@ KPI = str(Path(sys.executable).with_name("kpi"))
 STARTUP_RUNS = 5
 # kpi ingest's line for a file: "<file>: N accepted, N duplicates, N rejected"
 INGEST_COUNTS = re.compile(r": (\d+) accepted, (\d+) duplicates, (\d+) rejected$", re.MULTILINE)
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def step_read_json(events: str, workdir: str) -> dict:
@@ -77,26 +76,104 @@ def step_copy(events: str, url: str) -> dict:
     return {"rows": rows}
 
 
-def step_materialize(url: str, start: str, end: str, home: str, catalog: str, judgments: str) -> dict:
-    os.environ["DAGSTER_HOME"] = home
-    os.environ["KPI_WAREHOUSE_URL"] = url
-    from kpi_pipelines.cli import materialize
+def step_references(url: str, catalog: str, judgments: str) -> dict:
+    """The catalog and judgments the KPI assets read, loaded before the measured run."""
     from kpi_pipelines.ingestion.catalog import load_catalog, load_judgments
     from kpi_pipelines.warehouse import Warehouse
 
     warehouse = Warehouse(url)
     load_catalog(warehouse, catalog)
     load_judgments(warehouse, judgments)
-    started = time.perf_counter()
-    materialize(dt.date.fromisoformat(start), dt.date.fromisoformat(end))
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_mib": _peak_mib()}
+    return {}
+
+
+def step_profile(home: str) -> dict:
+    """Seconds of each step of the instance's latest run (its event log: step start to
+    success or failure), in the order the steps started."""
+    os.environ["DAGSTER_HOME"] = home
+    from dagster import DagsterEventType, DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        run = instance.get_runs(limit=1)[0]
+        started: dict[str, float] = {}
+        ended: dict[str, float] = {}
+        for record in instance.all_logs(run.run_id):
+            event = record.dagster_event
+            if event is None:
+                continue
+            if event.event_type == DagsterEventType.STEP_START:
+                started[event.step_key] = record.timestamp
+            elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
+                ended[event.step_key] = record.timestamp
+        times = [record.timestamp for record in instance.all_logs(run.run_id)]
+    steps = {key: round(ended.get(key, at) - at, 3) for key, at in sorted(started.items(), key=lambda item: item[1])}
+    return {"run_id": run.run_id, "status": run.status.value, "run_seconds": round(times[-1] - times[0], 3), "steps": steps}
+
+
+def step_verify(url: str, start: str, end: str) -> dict:
+    """The run's results against references computed here from raw_events by independent
+    queries (not by the dbt models or the KPI assets): row counts and a few KPI values per
+    day. Returns each comparison and the mismatches."""
+    import duckdb
+
+    connection = duckdb.connect(url.removeprefix("duckdb:///"), read_only=True)
+    window = [dt.date.fromisoformat(start), dt.date.fromisoformat(end) + dt.timedelta(days=1)]
+
+    def rows(sql: str) -> dict:
+        return {key: value for key, value in connection.execute(sql, window).fetchall()}
+
+    def day_metric(relation: str, name: str) -> dict:
+        return rows(
+            f"SELECT CAST(\"timestamp\" AS DATE), metric_value FROM {relation} WHERE metric_name = '{name}' "
+            "AND dimensions = '{}' AND aggregation_level = 'day' AND \"timestamp\" >= ? AND \"timestamp\" < ?"
+        )
+
+    events = "FROM raw_events WHERE event_date >= ? AND event_date < ?"
+    orders = "event_type = 'business' AND action = 'order'"
+    comparisons = {
+        "stg_events rows": (
+            rows("SELECT 'window', count(*) FROM stg_events WHERE event_time >= ? AND event_time < ?"),
+            rows(f"SELECT 'window', count(DISTINCT event_id) {events}"),
+        ),
+        "rollup_events_day events.count": (
+            day_metric("rollup_events_day", "events.count"), rows(f"SELECT event_date, count(*) {events} GROUP BY 1")
+        ),
+        "rollup_events_hour events.count, summed per day": (
+            rows("SELECT CAST(\"timestamp\" AS DATE), sum(metric_value) FROM rollup_events_hour WHERE "
+                 "metric_name = 'events.count' AND dimensions = '{}' AND \"timestamp\" >= ? AND \"timestamp\" < ? GROUP BY 1"),
+            rows(f"SELECT event_date, count(*) {events} GROUP BY 1"),
+        ),
+        "kpi_metrics_all search.queries (Python asset)": (
+            day_metric("kpi_metrics_all", "search.queries"),
+            rows(f"SELECT event_date, count(*) {events} AND event_type = 'search' AND action = 'query' GROUP BY 1"),
+        ),
+        "kpi_metrics_all business.orders": (
+            day_metric("kpi_metrics_all", "business.orders"), rows(f"SELECT event_date, count(*) {events} AND {orders} GROUP BY 1")
+        ),
+        "rollup_events_day business.revenue": (
+            day_metric("rollup_events_day", "business.revenue"),
+            rows(f"SELECT event_date, sum(CAST(metadata->>'revenue' AS DECIMAL(38, 9))) {events} AND {orders} GROUP BY 1"),
+        ),
+    }
+    connection.close()
+    results, mismatches = {}, []
+    for name, (measured, reference) in comparisons.items():
+        same = measured.keys() == reference.keys() and all(
+            abs(float(measured[key]) - float(reference[key])) <= 1e-6 * max(1.0, abs(float(reference[key]))) for key in reference
+        )
+        results[name] = {"values": len(reference), "total": float(sum(map(float, reference.values()))), "equal": same}
+        if not same or not reference:
+            mismatches.append({"check": name, "measured": {str(k): float(v) for k, v in measured.items()},
+                               "reference": {str(k): float(v) for k, v in reference.items()}})
+    return {"comparisons": results, "mismatches": mismatches}
 
 
 STEPS = {
     "read_json": step_read_json,
     "copy": step_copy,
-    "materialize": step_materialize,
+    "references": step_references,
+    "profile": step_profile,
+    "verify": step_verify,
 }
 
 
@@ -172,6 +249,34 @@ def measure_startup(workdir: Path) -> dict[str, dict]:
     return results
 
 
+def measure_materialize(url: str, start: dt.date, end: dt.date, workdir: Path, catalog: str, judgments: str) -> dict:
+    """`kpi materialize` of start..end as a whole process (run in `workdir`, away from the
+    repository's .env), then the profile of its run and the check of its results."""
+    run_step("references", url, catalog, judgments)
+    home = workdir / "home"
+    home.mkdir()
+    env = {"DAGSTER_HOME": str(home), "KPI_WAREHOUSE_URL": url, "KPI_WAREHOUSE_SCHEMA": "", "KPI_PII_SALT": "bench-salt"}
+    run = whole_process([KPI, "materialize", "--start", start.isoformat(), "--end", end.isoformat()], env, cwd=str(workdir))
+    profile = run_step("profile", str(home))
+    verify = run_step("verify", url, start.isoformat(), end.isoformat())
+    return {"seconds": run["seconds"], "peak_mib": run["peak_mib"],
+            "profile": {key: profile[key] for key in ("run_id", "status", "run_seconds", "steps")},
+            "verify": {key: verify[key] for key in ("comparisons", "mismatches")}}
+
+
+def print_profile(materialized: dict) -> None:
+    """The run's steps, longest first, with their share of the process's time."""
+    profile, total = materialized["profile"], materialized["seconds"]
+    steps = profile["steps"]
+    print(f"  profile of run {profile['run_id']} ({profile['status']}): {profile['run_seconds']:.2f} s from its first "
+          f"to its last event, {total - profile['run_seconds']:.2f} s before and after (start-up, loading the definitions)")
+    for key, seconds in sorted(steps.items(), key=lambda item: -item[1]):
+        print(f"    {key:<32} {seconds:7.2f} s  {100 * seconds / total:5.1f} %")
+    for name, comparison in materialized["verify"]["comparisons"].items():
+        print(f"  check: {name}: {'equal' if comparison['equal'] else 'DIFFERENT'} to the reference "
+              f"({comparison['values']} value(s), total {comparison['total']:,.2f})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=10000, help="sessions per day")
@@ -241,13 +346,16 @@ def main() -> int:
             engine.dispose()
 
         if not args.skip_materialize:
-            results["materialize_duckdb"] = mat = run_step(
-                "materialize", warehouse_url, start.isoformat(), end.isoformat(), str(Path(workdir) / "home"),
-                str(traffic.catalog_path), str(traffic.judgments_path),
+            results["materialize_duckdb"] = mat = measure_materialize(
+                warehouse_url, start, end, Path(workdir), str(traffic.catalog_path), str(traffic.judgments_path)
             )
             mat["ratio"] = mat["seconds"] / baseline["seconds"]
             print(f"kpi materialize {start}..{end} (DuckDB): {mat['seconds']:.2f} s = {mat['ratio']:.2f} x read_json, "
                   f"peak {mat['peak_mib']:,.0f} MiB")
+            print_profile(mat)
+            if mat["verify"]["mismatches"]:
+                (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
+                raise SystemExit(f"bench: the measured run's results differ from the references: {mat['verify']['mismatches']}")
 
     results["events"] = {"count": traffic.events, "days": args.days, "sessions_per_day": args.sessions}
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
