@@ -79,6 +79,7 @@ def test_project_definitions_load_with_the_alert_job_and_running_sensors():
         assert sensors[name].minimum_interval_seconds == 60
 
 
+@pytest.mark.slow
 def test_alert_evaluation_job_evaluates_and_delivers(warehouse, slack, rules_path):
     day = dt.date(2026, 3, 11)
     replace_daily_metrics(warehouse, "business_metrics", day, day + dt.timedelta(days=1), [Metric("business.conversion_rate", 0.01, day)])
@@ -98,6 +99,7 @@ def test_alert_evaluation_job_evaluates_and_delivers(warehouse, slack, rules_pat
     assert warehouse.scalar("SELECT trigger FROM alert_evaluations") == "dagster"
 
 
+@pytest.mark.slow
 def test_alert_evaluation_job_fails_on_a_broken_rules_file(duckdb_warehouse, slack, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("channels: {}\nrules:\n  - name: x\n    metric: m\n    condition: sometimes\n    thresholds: {warning: 1}\n    channels: []\n")
@@ -117,6 +119,7 @@ def some_kpi() -> int:
     return 1
 
 
+@pytest.mark.slow
 def test_evaluation_sensor_requests_a_run_on_new_materializations_and_on_the_interval(slack, rules_path, tmp_path):
     resources = {"alerting": alerting(rules_path, slack)}
     definitions = Definitions(

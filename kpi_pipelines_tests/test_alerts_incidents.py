@@ -148,6 +148,7 @@ def plant_check_failure(instance, seconds_ago: float, partitions: tuple[str | No
 # --- a sensor without a cursor -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_without_a_cursor_the_run_failure_sensor_sends_only_the_last_hour(slack, resources, make_instance):
     definitions = Definitions(jobs=[broken_job], sensors=[run_failure_alert_sensor])
     with make_instance() as instance:
@@ -193,6 +194,7 @@ def test_without_a_cursor_the_check_sensor_sends_only_the_last_hour(slack, resou
 # --- one incident, one alert ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_retried_twice_is_one_run_alert_and_one_check_alert(slack, resources, make_instance):
     definitions = Definitions(assets=[checked_kpi], asset_checks=[no_negative_values], sensors=[run_failure_alert_sensor, failed_asset_check_sensor])
     overrides = {"run_retries": {"enabled": True, "max_retries": 2}}
@@ -251,6 +253,7 @@ def test_a_range_runs_failing_days_are_one_alert_naming_the_days(slack, resource
         assert tick(failed_asset_check_sensor, instance, definitions, resources, cursor)[0] == "no new failed asset check(s)"
 
 
+@pytest.mark.slow
 def test_a_retry_announced_but_never_launched_is_reported_after_ten_minutes(slack, resources, make_instance):
     definitions = Definitions(jobs=[broken_job], sensors=[run_failure_alert_sensor])
     with make_instance(run_retries={"enabled": True, "max_retries": 1}) as instance:
@@ -289,6 +292,7 @@ def test_a_run_alert_names_the_asset_partition_cause_lines_and_run(slack, resour
         assert "assets daily_kpi; partition 2026-03-10" in blocks and "second: event e2" in blocks
 
 
+@pytest.mark.slow
 def test_a_killed_step_worker_says_it_was_killed(slack, resources, make_instance):
     definitions = Definitions(jobs=[killed_worker_job], sensors=[run_failure_alert_sensor])
     with make_instance() as instance:
@@ -317,6 +321,7 @@ def test_a_run_failed_from_outside_says_what_the_engine_saw(slack, resources, ma
 # --- a dbt test failing in a real run of the project's dbt assets, on both backends ---------
 
 
+@pytest.mark.slow
 def test_a_failing_dbt_test_alerts_with_the_test_name_its_message_and_the_failing_rows(warehouse, slack, resources):
     from kpi_pipelines import rollups
     from kpi_pipelines.kpis.store import Metric, replace_daily_metrics

@@ -68,6 +68,7 @@ def settle(warehouse: Warehouse, server) -> None:
 # --------------------------------------------------------------------------- collector
 
 
+@pytest.mark.slow
 def test_events_counts_rejects_by_index_and_stores_through_the_loader(warehouse, start_server):
     server = start_server(warehouse)
     batch = [
@@ -100,6 +101,7 @@ def test_events_counts_rejects_by_index_and_stores_through_the_loader(warehouse,
     assert [tuple(row) for row in order] == [("business", "order", "api")]
 
 
+@pytest.mark.slow
 def test_ndjson_lines_are_indexed_as_sent(warehouse, start_server):
     server = start_server(warehouse)
     lines = [json.dumps(event("n1")), "{not json", "", json.dumps(event("n2")), json.dumps(event("n1"))]
@@ -484,6 +486,7 @@ sys.stdin.readline()
 """
 
 
+@pytest.mark.slow
 def test_duckdb_reads_and_writes_while_another_process_holds_the_write_lock(duckdb_warehouse, start_server):
     seed_metrics(duckdb_warehouse)
     path = str(duckdb_warehouse.duckdb_path)
@@ -521,6 +524,7 @@ def test_duckdb_reads_and_writes_while_another_process_holds_the_write_lock(duck
     assert duckdb_warehouse.scalar("SELECT count(*) FROM raw_events") == 250
 
 
+@pytest.mark.slow
 def test_duckdb_no_acknowledged_event_is_lost_while_kpi_materialize_runs(duckdb_warehouse, start_server, tmp_path):
     """A real `kpi materialize` (another process, holding DuckDB's write lock and loading the
     landing directory) runs while clients post: every request is acknowledged, and once the
@@ -609,6 +613,7 @@ def test_an_unreachable_postgresql_answers_503_not_500(tmp_path):
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_concurrent_requests_share_durable_landing_files_and_a_bad_one_spares_the_others(duckdb_warehouse, start_server, tmp_path):
     from concurrent.futures import Future, ThreadPoolExecutor
 

@@ -16,6 +16,7 @@ import time
 from urllib.parse import quote
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -293,6 +294,7 @@ PROPERTY = settings(
 )
 
 
+@pytest.mark.slow
 def test_random_hostile_requests_never_get_a_5xx(warehouse, start_server):
     seed_metrics(warehouse)
     server = start_server(warehouse, KPI_API_RATE_PER_SECOND="100000", KPI_API_RATE_BURST="100000")

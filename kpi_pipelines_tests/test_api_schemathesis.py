@@ -24,6 +24,7 @@ here precisely (docs/api.md, "Tests and benchmark"):
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 import schemathesis.specs.openapi.checks  # noqa: F401  (registers the OpenAPI checks)
 from hypothesis import HealthCheck, Phase, given, settings
@@ -61,6 +62,7 @@ def auth_enforced_or_guessing_slowed(ctx, response, case):
         return None
 
 
+@pytest.mark.slow
 def test_api_conforms_to_its_openapi_document(warehouse, start_server):
     # schemathesis' own pytest plugin (`from_fixture`) does not run on pytest 9: generate
     # with its strategies under Hypothesis here instead, one bounded run per operation

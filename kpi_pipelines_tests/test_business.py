@@ -203,6 +203,7 @@ def test_lifetime_value_averages_30_days_of_revenue_over_paying_users(warehouse,
     assert got[("2026-03-10", "business.customer_lifetime_value_30d", "{}")] == pytest.approx(60.0 / 2)
 
 
+@pytest.mark.slow
 def test_the_asset_replaces_its_partition_rows(warehouse, write_events):
     load(warehouse, write_events, random_events(3, days=3, sessions=40))
     resource = WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or "")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from kpi_pipelines.warehouse import Warehouse
@@ -45,6 +46,7 @@ def counts(warehouse: Warehouse) -> tuple[int, int]:
     return warehouse.scalar("SELECT count(*) FROM raw_events"), warehouse.scalar("SELECT count(*) FROM rejected_events")
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_json_lines_is_refused_whole(warehouse, tmp_path):
     catalog = tmp_path / "catalog.csv"
     catalog.write_text("product_id,title,brand\nP1,Red shoes,Acme\nP2,\"Blue, big\",Acme\n\nP3,Hat,{bad\n")
@@ -88,6 +90,7 @@ def test_a_directory_is_ingested_as_its_event_files(warehouse, tmp_path):
     assert one_error(refused) == f"kpi: error: {empty}: a directory without event files (*.jsonl, *.jsonl.gz, *.ndjson, *.ndjson.gz)"
 
 
+@pytest.mark.slow
 def test_metrics_refuses_a_backwards_range_and_a_pattern_no_name_can_match(warehouse, tmp_path):
     env = env_for(warehouse, tmp_path)
     backwards = kpi("metrics", "--start", "2026-03-02", "--end", "2026-03-01", env=env, cwd=tmp_path)
@@ -148,6 +151,7 @@ def test_the_salt_warning_is_printed_once_per_process(tmp_path):
 # --------------------------------------------------------------------------- where the warehouse is
 
 
+@pytest.mark.slow
 def test_every_command_that_opens_the_warehouse_names_it(warehouse, tmp_path):
     env = env_for(warehouse, tmp_path)
     events = tmp_path / "e.jsonl"
@@ -185,6 +189,7 @@ def test_a_postgresql_password_is_not_shown(postgres_warehouse, tmp_path):
     assert "***" in result.stdout.splitlines()[0]
 
 
+@pytest.mark.slow
 def test_a_relative_duckdb_path_inside_a_repository_is_resolved_and_warned_about(tmp_path):
     repo = tmp_path / "repo"
     (repo / "sub").mkdir(parents=True)

@@ -59,6 +59,7 @@ def test_days_outside_the_partitions_are_refused_in_one_line_before_any_run(ware
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_missing_postgresql_database_is_one_line_naming_it(tmp_path):
     url = make_url(postgres_or_skip()).set(database=f"kpi_missing_{uuid.uuid4().hex[:8]}")
     env = kpi_env(tmp_path / "home", url.render_as_string(hide_password=False))

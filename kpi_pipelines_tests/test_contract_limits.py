@@ -160,6 +160,7 @@ REJECTED = [
 ]
 
 
+@pytest.mark.slow
 def test_the_extremes_of_every_field_load_and_materialize(warehouse, write_events, tmp_path, monkeypatch):
     rejected_lines = [line if isinstance(line, str) else json.dumps(line) for line, _ in REJECTED]
     result = EventLoader(warehouse, SALT).load_file(write_events(ACCEPTED + rejected_lines))

@@ -64,6 +64,7 @@ def test_landing_sensor_requests_each_new_file_once(tmp_path):
     assert later.cursor != context.cursor
 
 
+@pytest.mark.slow
 def test_raw_events_run_loads_landing_files_once_and_reports_the_partition(duckdb_warehouse, tmp_path):
     landing = tmp_path / "landing"
     landing.mkdir()
@@ -83,6 +84,7 @@ def test_raw_events_run_loads_landing_files_once_and_reports_the_partition(duckd
 
 
 @pytest.mark.parametrize("after_load", ["delete", "archive", "keep"])
+@pytest.mark.slow
 def test_loaded_landing_files_are_deleted_archived_or_kept_and_other_files_never_touched(
     duckdb_warehouse, tmp_path, after_load
 ):
@@ -120,6 +122,7 @@ def test_archiving_a_second_file_of_the_same_name_keeps_both(tmp_path):
     assert not (landing / "events.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_a_requested_file_an_earlier_run_loaded_and_removed_is_skipped(duckdb_warehouse, tmp_path):
     landing = tmp_path / "landing"
     landing.mkdir()
@@ -140,6 +143,7 @@ def test_a_requested_file_an_earlier_run_loaded_and_removed_is_skipped(duckdb_wa
     assert duckdb_warehouse.scalar("SELECT count(*) FROM raw_events") == 1
 
 
+@pytest.mark.slow
 def test_a_loaded_file_left_in_the_landing_directory_is_settled_by_the_next_run(duckdb_warehouse, tmp_path):
     """A crash between a load's commit and the file's deletion leaves the file behind."""
     landing = tmp_path / "landing"
@@ -153,6 +157,7 @@ def test_a_loaded_file_left_in_the_landing_directory_is_settled_by_the_next_run(
     assert duckdb_warehouse.scalar("SELECT count(*) FROM raw_events") == 1
 
 
+@pytest.mark.slow
 def test_kpi_materialize_records_the_run_in_dagster_home(duckdb_warehouse, tmp_path, monkeypatch):
     from kpi_pipelines import cli
 
@@ -167,6 +172,7 @@ def test_kpi_materialize_records_the_run_in_dagster_home(duckdb_warehouse, tmp_p
     assert (tmp_path / "home" / "dagster.yaml").exists()
 
 
+@pytest.mark.slow
 def test_repository_dagster_yaml_runs_a_job_on_postgresql(tmp_path, monkeypatch, pg_schema):
     """The deployment instance configuration (PostgreSQL storage, queued runs) works."""
     url, schema = pg_schema

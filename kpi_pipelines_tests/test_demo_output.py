@@ -13,12 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 REPO = Path(__file__).resolve().parents[1]
 KPI = str(Path(sys.executable).with_name("kpi"))
 DBT_LOG_LINE = re.compile(r"^\s*(\d+ of \d+ (START|OK|PASS|ERROR|WARN|SKIP)\b|Running with dbt=|Registered adapter:|Done\. PASS=|Completed successfully|Finished running)", re.M)
 E_NOTATION = re.compile(r"\d[eE][+-]?\d")
 
 
+@pytest.mark.slow
 def test_the_demo_prints_steps_tables_and_alerts_and_logs_the_rest(tmp_path):
     base = {key: value for key, value in os.environ.items() if not key.startswith(("KPI_", "DBT_", "SLACK_"))}
     env = {  # a fresh clone: no KPI_PII_SALT, no Slack; the warehouse and instance in this test's directory

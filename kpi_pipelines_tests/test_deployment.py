@@ -565,6 +565,7 @@ def _flags(argv: list[str]) -> list[str]:
     return [arg for arg in argv if arg.startswith("-")]
 
 
+@pytest.mark.slow
 def test_installed_dagster_accepts_the_flags_the_deployment_files_use():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
     values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())

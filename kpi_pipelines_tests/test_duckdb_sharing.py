@@ -278,6 +278,7 @@ time.sleep(300)  # idle, the process alive
 """
 
 
+@pytest.mark.slow
 def test_a_busy_process_hands_the_file_over_and_an_idle_one_lets_it_go(tmp_path):
     """A process keeps the file while it works, gives it up at the end of a transaction
     when another waits, and after a second unused; it goes on working in between."""

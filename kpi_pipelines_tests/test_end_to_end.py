@@ -57,6 +57,7 @@ def metric_rows(warehouse: Warehouse) -> list[tuple]:
     )
 
 
+@pytest.mark.slow
 def test_same_kpis_on_duckdb_and_postgresql_and_rematerializing_changes_nothing(
     duckdb_warehouse, postgres_warehouse, traffic
 ):

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from dagster import AssetCheckSeverity, AssetKey, DagsterEventType, instance_for_test
 
 from kpi_pipelines import cli
@@ -65,6 +66,7 @@ def _stored_ids(warehouse: Warehouse) -> set[str]:
     return {row[0] for row in warehouse.query("SELECT event_id FROM raw_events")}
 
 
+@pytest.mark.slow
 def test_kpi_materialize_succeeds_twice_with_broken_files_among_good_ones(warehouse, tmp_path, monkeypatch):
     """The issue's 'done when': good events stored, each broken file under failed/ byte for byte."""
     landing = _landing(tmp_path)
@@ -134,6 +136,7 @@ def test_a_requested_file_that_vanished_is_reported_and_the_rest_loads(warehouse
     assert warehouse.scalar("SELECT count(*) FROM quarantined_files") == 0
 
 
+@pytest.mark.slow
 def test_a_requested_file_an_earlier_run_quarantined_is_not_reported_again(warehouse, tmp_path):
     landing = _landing(tmp_path)
     bad = landing / "events-binary.jsonl"
@@ -146,6 +149,7 @@ def test_a_requested_file_an_earlier_run_quarantined_is_not_reported_again(wareh
     assert warehouse.scalar("SELECT count(*) FROM quarantined_files") == 1
 
 
+@pytest.mark.slow
 def test_a_second_broken_file_of_a_quarantined_name_keeps_both(warehouse, tmp_path):
     landing = _landing(tmp_path)
     first, second = b"\xff\xfe first\n", b"\xff\xfe second, longer\n"
@@ -160,6 +164,7 @@ def test_a_second_broken_file_of_a_quarantined_name_keeps_both(warehouse, tmp_pa
     assert warehouse.scalar("SELECT count(DISTINCT failed_path) FROM quarantined_files") == 2
 
 
+@pytest.mark.slow
 def test_kpi_landing_lists_and_retries_a_fixed_file(warehouse, tmp_path, monkeypatch, capsys):
     landing = _landing(tmp_path)
     monkeypatch.setenv("KPI_LANDING_DIR", str(landing))
@@ -218,6 +223,7 @@ print(json.dumps({"success": result.success, "passed": check.passed, "descriptio
 """
 
 
+@pytest.mark.slow
 def test_a_landing_file_that_cannot_be_opened_is_quarantined(warehouse, tmp_path):
     landing = _landing(tmp_path)
     locked = landing / "events-locked.jsonl"

@@ -237,6 +237,7 @@ def test_missing_file(warehouse, tmp_path):
         EventLoader(warehouse, SALT).load_file(tmp_path / "absent.jsonl")
 
 
+@pytest.mark.slow
 def test_line_numbers_follow_the_file_on_a_large_file(warehouse, tmp_path):
     """Numbering survives DuckDB's parallel reader, inside the warehouse's transaction
     (DuckDB) and in the staging database (PostgreSQL): bad lines spread through 200k lines."""

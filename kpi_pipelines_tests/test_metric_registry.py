@@ -25,6 +25,7 @@ def traffic(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("traffic"), days=DAYS, sessions=150, seed=5, start=START)
 
 
+@pytest.mark.slow
 def test_every_metric_a_full_materialization_writes_is_registered_as_written(warehouse, traffic):
     load_and_materialize(warehouse, traffic)
     rows = warehouse.query(
@@ -107,6 +108,7 @@ ADD_A_KPI = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_kpi_added_to_the_registry_reaches_the_check_the_api_the_rules_and_the_docs_index(warehouse, tmp_path):
     """A throwaway metric, added to the registry before the project is imported (a fresh
     process), is bounded by the check, served by its endpoint, known to the rules and indexed."""

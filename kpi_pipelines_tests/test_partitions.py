@@ -56,6 +56,7 @@ def _today() -> dt.date:
 
 
 @pytest.mark.parametrize("first_day_value", ["2026-11-20", None], ids=["set", "default"])
+@pytest.mark.slow
 def test_the_first_day_is_every_partitioned_asset_s_first_partition(tmp_path, first_day_value):
     env = _env(DAGSTER_HOME=str(tmp_path), **({"KPI_FIRST_DAY": first_day_value} if first_day_value else {}))
     before = _today()

@@ -257,6 +257,7 @@ def test_a_step_waits_for_a_duckdb_file_held_by_another_process(duckdb_warehouse
     assert duckdb_warehouse.scalar("SELECT count(*) FROM kpi_metrics WHERE source_asset = 'business_metrics'") > 0
 
 
+@pytest.mark.slow
 def test_a_postgresql_connection_cut_mid_step_is_retried(postgres_warehouse, write_events, pg_schema):
     url, schema = pg_schema
     load_events(postgres_warehouse, write_events, [event("e1", timestamp=f"{DAY}T10:00:00Z")])
@@ -288,6 +289,7 @@ def test_both_instance_configurations_retry_only_crashed_runs():
         assert retries == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}, path
 
 
+@pytest.mark.slow
 def test_a_dbt_step_waits_for_a_duckdb_file_held_by_another_process(duckdb_warehouse, write_events, capfd):
     """dbt opens the file in its own process: the step waits for the file before starting dbt,
     as the warehouse's own connections do."""

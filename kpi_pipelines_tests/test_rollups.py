@@ -208,6 +208,7 @@ def insert_daily_kpis(warehouse: Warehouse, values: list[tuple[str, str, str, fl
         )
 
 
+@pytest.mark.slow
 def test_rollup_values_by_hand_on_both_backends(warehouse, write_events, start_server):
     load_events(warehouse, write_events, HAND_EVENTS)
     insert_daily_kpis(
@@ -328,6 +329,7 @@ def test_rollup_values_by_hand_on_both_backends(warehouse, write_events, start_s
     assert warehouse.scalar("SELECT count(*) FROM stg_events") == len(HAND_EVENTS)
 
 
+@pytest.mark.slow
 def test_dbt_tests_catch_duplicates_and_rates_out_of_range_in_the_window(duckdb_warehouse, write_events):
     load_events(duckdb_warehouse, write_events, HAND_EVENTS)
     tue = dt.date(2026, 3, 10)
@@ -433,6 +435,7 @@ def on_postgres(traffic) -> Iterator[dict[str, Any]]:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_materializing_a_partition_again_gives_identical_rows_and_no_duplicates(by_day):
     first, second = by_day["after_first"], by_day["after_second"]
     for model in (*ROLLUP_MODELS, "kpi_metrics_all", "stg_events"):
@@ -448,6 +451,7 @@ def test_materializing_a_partition_again_gives_identical_rows_and_no_duplicates(
     assert {key[2] for key in first["rollup_events_week"]} == {dt.datetime(2026, 3, 2)}  # Sunday's Monday
 
 
+@pytest.mark.slow
 def test_a_range_as_one_run_equals_the_days_one_by_one(by_day, as_range):
     for model, table in as_range["final"].items():
         if model == "stg_events":
@@ -466,6 +470,7 @@ def test_a_range_as_one_run_equals_the_days_one_by_one(by_day, as_range):
         assert weekly[(name, dims, dt.datetime(2026, 3, 9), "week")] == pytest.approx(daily_value, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_day_rollups_equal_the_python_daily_kpis_of_the_same_name(as_range):
     day = as_range["final"]["rollup_events_day"]
     daily = rows(as_range["warehouse"], "kpi_metrics")
@@ -476,6 +481,7 @@ def test_day_rollups_equal_the_python_daily_kpis_of_the_same_name(as_range):
     assert_same_rows({key: day[key] for key in shared}, {key: daily[key] for key in shared}, "day rollup vs kpi_metrics")
 
 
+@pytest.mark.slow
 def test_dbt_tests_are_asset_checks_of_the_run_and_pass(by_day, as_range):
     expected = {check for assets in rollups.defs.assets for check in assets.check_keys}
     assert {check.asset_key for check in expected} == DBT_ASSETS
@@ -487,6 +493,7 @@ def test_dbt_tests_are_asset_checks_of_the_run_and_pass(by_day, as_range):
         assert DBT_ASSETS <= materialized
 
 
+@pytest.mark.slow
 def test_duckdb_and_postgresql_give_the_same_rollups(as_range, on_postgres):
     for model, table in on_postgres["final"].items():
         if model == "stg_events":
@@ -566,6 +573,7 @@ def test_releasing_the_duckdb_file_lets_another_process_write(tmp_path, monkeypa
     assert release_duckdb_file("postgresql+psycopg://u@h/db") == 0
 
 
+@pytest.mark.slow
 def test_the_manifest_is_parsed_when_missing_or_stale(tmp_path):
     project_dir = tmp_path / "dbt_project"
     shutil.copytree(DBT_PROJECT_DIR, project_dir, ignore=shutil.ignore_patterns("target", "logs"))

@@ -200,6 +200,7 @@ def assert_503_within(response: httpx.Response, elapsed: float, low: float, high
     assert low <= elapsed < high, elapsed
 
 
+@pytest.mark.slow
 def test_serve_answers_503_with_retry_after_when_postgresql_never_answers(black_hole, tmp_path):
     server = Server({
         "KPI_WAREHOUSE_URL": f"postgresql+psycopg://nobody@127.0.0.1:{black_hole}/none",
@@ -230,6 +231,7 @@ def test_serve_answers_503_with_retry_after_when_postgresql_never_answers(black_
     assert "Traceback" not in log, log[-3000:]
 
 
+@pytest.mark.slow
 def test_serve_answers_503_while_a_table_is_locked_and_stores_nothing_half(postgres_warehouse, start_server, lock_table):
     seed_metrics(postgres_warehouse)
     server = start_server(postgres_warehouse, KPI_WAREHOUSE_STATEMENT_TIMEOUT="1.5")
@@ -252,6 +254,7 @@ def test_serve_answers_503_while_a_table_is_locked_and_stores_nothing_half(postg
         assert metrics.status_code == 200 and metrics.json()["count"] == 1
 
 
+@pytest.mark.slow
 def test_serve_on_a_duckdb_file_that_never_opens_answers_503_and_still_collects(duckdb_warehouse, start_server, tmp_path):
     fifo = tmp_path / "never.duckdb"
     os.mkfifo(fifo)
@@ -273,6 +276,7 @@ def test_serve_on_a_duckdb_file_that_never_opens_answers_503_and_still_collects(
 
 
 @pytest.mark.parametrize("stuck", ["postgresql-black-hole", "duckdb-fifo"])
+@pytest.mark.slow
 def test_serve_exits_within_seconds_of_sigterm_while_a_request_hangs(stuck, black_hole, tmp_path):
     if stuck == "duckdb-fifo":
         os.mkfifo(tmp_path / "never.duckdb")

@@ -77,6 +77,7 @@ def assert_one_result_per_day(instance: DagsterInstance, asset: str | AssetKey, 
         assert (target.storage_id, target.run_id) == (materialization.storage_id, run_id)
 
 
+@pytest.mark.slow
 def test_a_range_run_gives_each_day_its_kpi_values_and_its_check_results(warehouse: Warehouse, write_events):
     load_events(warehouse, write_events, EVENTS)
     job = definitions_for(warehouse).resolve_job_def("daily_assets_job")
@@ -120,6 +121,7 @@ def test_a_range_run_gives_each_day_its_kpi_values_and_its_check_results(warehou
         assert not [r for r in check_records(instance, "search_experience_metrics", CHECK_NAME) if r.status != SUCCEEDED]
 
 
+@pytest.mark.slow
 def test_a_bad_day_fails_its_own_check_and_blocks_the_run(warehouse: Warehouse, write_events):
     load_events(warehouse, write_events, EVENTS)
     with warehouse.begin() as connection:  # the 10th's events from a source the contract does not know
@@ -141,6 +143,7 @@ def test_a_bad_day_fails_its_own_check_and_blocks_the_run(warehouse: Warehouse, 
             assert metadata["events_in_partitions"].value == count
 
 
+@pytest.mark.slow
 def test_dbt_tests_of_a_range_run_are_recorded_on_each_day(warehouse: Warehouse, write_events):
     """dbt checks the whole window once: every day of the run carries the tests' results."""
     from kpi_pipelines import rollups
