@@ -35,7 +35,8 @@ from kpi_pipelines.rollups import (
     rollups_dbt_resource,
     window_vars,
 )
-from kpi_pipelines.rollups.project import DBT_PROJECT_DIR, manifest_is_stale
+from kpi_pipelines.rollups.assets import window_env
+from kpi_pipelines.rollups.project import DBT_PROJECT_DIR, manifest_is_stale, partial_parse_path
 from kpi_pipelines.synthetic import generate
 
 import kpi_pipelines.warehouse as warehouse_module
@@ -571,6 +572,21 @@ def test_releasing_the_duckdb_file_lets_another_process_write(tmp_path, monkeypa
     assert release_duckdb_file(f"duckdb:///{path}") == 2  # both pools on that file, whatever the schema
     assert _lock_probe(path).returncode == 0
     assert release_duckdb_file("postgresql+psycopg://u@h/db") == 0
+
+
+def test_dbt_steps_start_from_the_prepared_parse_state_whatever_the_window(duckdb_warehouse):
+    resource = rollups_dbt_resource(warehouse_resource(duckdb_warehouse))
+    env = resource.get_dbt_env()
+    prepare_manifest(rollups.dbt_project, env)
+    assert partial_parse_path(env).exists()
+    for day in (dt.date(2026, 3, 9), dt.date(2026, 3, 10)):  # another window: the state is still good
+        invocation = resource.cli(["ls", "--select", "stg_events"], extra_env=window_env(day, day + dt.timedelta(days=1)),
+                                  raise_on_error=False)
+        invocation.wait()
+        log = (invocation.target_path / "dbt.log").read_text()
+        shutil.rmtree(invocation.target_path, ignore_errors=True)
+        assert invocation.is_successful(), invocation.get_error()
+        assert "Partial parsing enabled" in log and "Unable to do partial parsing" not in log
 
 
 @pytest.mark.slow

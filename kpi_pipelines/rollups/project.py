@@ -8,8 +8,8 @@ does. The parse runs in a private target directory and the manifest is moved int
 atomically, under a file lock, so processes loading the definitions together (the
 webserver's code server, the daemon, a run worker) neither parse twice nor read half a file.
 
-The same parse leaves dbt's parse state (`partial_parse.<target>.msgpack`, one per profile
-target) beside the manifest. Every dbt step copies it into its own target directory
+The same parse leaves dbt's parse state (`partial_parse.<target>-<digest>.msgpack`, one per
+warehouse profile) beside the manifest. Every dbt step copies it into its own target directory
 (dagster-dbt gives each invocation one), so dbt re-reads only the files changed since
 instead of parsing the whole project again (about 3 s of each step). That is why the run's window reaches dbt as environment variables
 (`DBT_MIN_DATE`, `DBT_MAX_DATE`, read at execution only) rather than `--vars`: dbt throws
@@ -18,6 +18,8 @@ its saved state away whenever the command line's vars differ from the parse's.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -36,6 +38,7 @@ logger = logging.getLogger("kpi_pipelines.rollups")
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
 # the files whose change makes the manifest stale
 PARTIAL_PARSE_FILE = "partial_parse.msgpack"
+KEPT_PARSE_STATES = 8
 _PROJECT_GLOBS = ("dbt_project.yml", "profiles.yml", "models/**/*", "macros/**/*", "tests/**/*")
 
 
@@ -63,11 +66,20 @@ def dbt_executable() -> str:
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 
 
-def partial_parse_path(target: str, project: DbtProject = dbt_project) -> Path:
-    """dbt's saved parse state for a profile target (`duckdb`, `postgres`), written beside
-    the manifest by `parse_project`: one per target, as dbt discards a state parsed for
-    another target ("profile has changed")."""
-    return project.manifest_path.with_name(f"partial_parse.{target}.msgpack")
+def partial_parse_path(env: Mapping[str, str], project: DbtProject = dbt_project) -> Path:
+    """dbt's saved parse state for the profile the DBT_* variables `env` select, written
+    beside the manifest by `parse_project`. One file per profile, named by a digest of those
+    variables: dbt discards a state parsed with another target or other connection values
+    (path, host, schema: "profile has changed")."""
+    digest = hashlib.sha256(json.dumps(sorted(env.items())).encode()).hexdigest()[:12]
+    return project.manifest_path.with_name(f"partial_parse.{env.get('DBT_TARGET', 'duckdb')}-{digest}.msgpack")
+
+
+def _keep_newest_parse_states(project: DbtProject) -> None:
+    # states of warehouses no longer used (a test's temporary one) do not pile up
+    states = sorted(project.manifest_path.parent.glob("partial_parse.*.msgpack"), key=lambda p: p.stat().st_mtime)
+    for old in states[:-KEPT_PARSE_STATES]:
+        old.unlink(missing_ok=True)
 
 
 def _newest_project_mtime(project_dir: Path) -> float:
@@ -120,7 +132,8 @@ def parse_project(project: DbtProject = dbt_project, env: Mapping[str, str] | No
                 + (" | ".join(detail[-5:]) if detail else "no output")
             )
         if (scratch / PARTIAL_PARSE_FILE).exists():
-            os.replace(scratch / PARTIAL_PARSE_FILE, partial_parse_path(process_env.get("DBT_TARGET", "duckdb"), project))
+            os.replace(scratch / PARTIAL_PARSE_FILE, partial_parse_path(env or {}, project))
+            _keep_newest_parse_states(project)
         os.replace(scratch / "manifest.json", project.manifest_path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -131,13 +144,26 @@ def prepare_manifest(
     project: DbtProject = dbt_project, env: Mapping[str, str] | None = None, force: bool = False
 ) -> bool:
     """Parse the project when its manifest is missing or stale, or there is no parse state
-    for the target of `env` (always under `dagster dev`). Returns whether it parsed. A failed parse raises when there is no manifest at all, and
-    otherwise logs a warning and leaves the previous manifest in place."""
+    for the profile of `env` (always under `dagster dev`). Returns whether it parsed. A
+    failed parse raises when there is no manifest at all, and otherwise logs a warning and
+    leaves the previous manifest in place; when only the parse state was missing, nothing
+    raises (a read-only directory, say): the dbt steps then parse in full."""
+    state = partial_parse_path(env or {}, project)
+    needs_manifest = force or using_dagster_dev() or manifest_is_stale(project)
+    if not needs_manifest and state.exists():
+        return False
+    try:
+        return _parse_under_lock(project, env, state)
+    except Exception as error:
+        if needs_manifest:
+            raise
+        logger.warning("could not prepare dbt's parse state, dbt steps will parse in full: %s", error)
+        return False
+
+
+def _parse_under_lock(project: DbtProject, env: Mapping[str, str] | None, state: Path) -> bool:
     from filelock import FileLock
 
-    state = partial_parse_path((env or {}).get("DBT_TARGET", "duckdb"), project)
-    if not (force or using_dagster_dev() or manifest_is_stale(project) or not state.exists()):
-        return False
     target_dir = project.project_dir / project.target_path
     target_dir.mkdir(parents=True, exist_ok=True)
     before = project.manifest_path.stat().st_mtime if project.manifest_path.exists() else 0.0

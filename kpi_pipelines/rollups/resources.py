@@ -136,15 +136,16 @@ class RollupsDbtResource(DbtCliResource):
         """`DbtCliResource.cli` with the warehouse's DBT_* variables (and `extra_env`), in a
         target directory that starts from the prepared parse state, once neither this process
         nor another holds the DuckDB file (see the module docstring)."""
-        env = {**self.get_dbt_env(), **(extra_env or {})}
+        profile_env = self.get_dbt_env()
+        env = {**profile_env, **(extra_env or {})}
         if kwargs.get("target_path") is None:
-            kwargs["target_path"] = self._target_with_parse_state(kwargs.get("context"), env["DBT_TARGET"])
+            kwargs["target_path"] = self._target_with_parse_state(kwargs.get("context"), profile_env)
         release_duckdb_file(self.warehouse_url)
         wait_until_duckdb_file_is_free(self.warehouse_url, self.warehouse_lock_timeout)
         with _environment(env):
             return super().cli(args, **kwargs)
 
-    def _target_with_parse_state(self, context: Any, dbt_target: str) -> Path:
+    def _target_with_parse_state(self, context: Any, profile_env: Mapping[str, str]) -> Path:
         """A new target directory for one invocation, named as dagster-dbt names its own
         (step, run, random), with a copy of the prepared `partial_parse.msgpack` if any."""
         unique = uuid.uuid4().hex[:7]
@@ -152,7 +153,7 @@ class RollupsDbtResource(DbtCliResource):
         target = Path(self.project_dir) / dbt_project.target_path / name
         target.mkdir(parents=True, exist_ok=True)
         try:
-            shutil.copyfile(partial_parse_path(dbt_target), target / PARTIAL_PARSE_FILE)
+            shutil.copyfile(partial_parse_path(profile_env), target / PARTIAL_PARSE_FILE)
         except FileNotFoundError:
             pass  # no prepared state (a parse that failed): dbt parses the whole project
         return target
