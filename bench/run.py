@@ -184,8 +184,9 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def whole_process(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> dict:
-    """Run a command to its exit: its wall time from start to exit and its peak resident
-    memory (wait4: that child's own, not the largest of all children so far), and its output."""
+    """Run a command to its exit: its wall time from start to exit, its CPU time (user + sys:
+    the comparable figure on a shared machine) and its peak resident memory (wait4: that
+    child's own, not the largest of all children so far), and its output."""
     with tempfile.TemporaryFile() as output:
         started = time.perf_counter()
         process = subprocess.Popen(argv, env={**os.environ, **(env or {})}, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
@@ -196,7 +197,8 @@ def whole_process(argv: list[str], env: dict[str, str] | None = None, cwd: str |
         text = output.read().decode(errors="replace")
     if process.returncode != 0:
         raise SystemExit(f"bench: {' '.join(argv)} exited with {process.returncode}:\n{text[-3000:]}")
-    return {"seconds": seconds, "peak_mib": usage.ru_maxrss / 1024, "output": text}
+    return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_mib": usage.ru_maxrss / 1024,
+            "output": text}
 
 
 def run_step(name: str, *args: str) -> dict:
@@ -204,7 +206,7 @@ def run_step(name: str, *args: str) -> dict:
     run = whole_process([sys.executable, __file__, "--step", name, *args])
     reported = json.loads(run["output"].strip().splitlines()[-1])
     work = {"work_seconds": reported.pop("seconds")} if "seconds" in reported else {}  # a step timing its own work
-    return {**reported, **work, "seconds": run["seconds"], "peak_mib": run["peak_mib"]}
+    return {**reported, **work, "seconds": run["seconds"], "cpu_seconds": run["cpu_seconds"], "peak_mib": run["peak_mib"]}
 
 
 def kpi_ingest(events: str, url: str, schema: str, workdir: str) -> dict:
@@ -213,8 +215,8 @@ def kpi_ingest(events: str, url: str, schema: str, workdir: str) -> dict:
     env = {"KPI_WAREHOUSE_URL": url, "KPI_WAREHOUSE_SCHEMA": schema, "KPI_PII_SALT": "bench-salt"}
     run = whole_process([KPI, "ingest", events], env, cwd=workdir)
     accepted, duplicates, rejected = map(int, INGEST_COUNTS.findall(run["output"])[-1])
-    return {"seconds": run["seconds"], "peak_mib": run["peak_mib"], "accepted": accepted, "duplicates": duplicates,
-            "rejected": rejected}
+    return {"seconds": run["seconds"], "cpu_seconds": run["cpu_seconds"], "peak_mib": run["peak_mib"],
+            "accepted": accepted, "duplicates": duplicates, "rejected": rejected}
 
 
 def one_line_file(path: Path, number: int) -> str:
@@ -319,6 +321,8 @@ def main() -> int:
         results["ingest_duckdb"] = ingest = _median_run(ingests)
         ingest["ratio"] = ingest["seconds"] / baseline["seconds"]
         ingest["pair_ratios"] = [round(i["seconds"] / b["seconds"], 3) for b, i in zip(baselines, ingests)]
+        ingest["cpu_ratio"] = statistics.median(i["cpu_seconds"] for i in ingests) / statistics.median(
+            b["cpu_seconds"] for b in baselines)
         # the loader's counts are the generator's: every broken line rejected, every repeat a duplicate
         expected = (traffic.events - traffic.bad_lines - traffic.duplicate_lines, traffic.duplicate_lines, traffic.bad_lines)
         for run in ingests:
@@ -328,7 +332,8 @@ def main() -> int:
         print(f"kpi ingest (DuckDB): {ingest['seconds']:.2f} s = {ingest['ratio']:.2f} x read_json "
               f"(pairs: {', '.join(f'{r:.2f}' for r in ingest['pair_ratios'])}), "
               f"peak {ingest['peak_mib']:,.0f} MiB ({ingest['accepted']:,} accepted, "
-              f"{ingest['duplicates']:,} duplicates, {ingest['rejected']:,} rejected)")
+              f"{ingest['duplicates']:,} duplicates, {ingest['rejected']:,} rejected); "
+              f"CPU time {ingest['cpu_ratio']:.2f} x read_json's")
 
         if args.postgres:
             schema = f"bench_{os.getpid()}"
