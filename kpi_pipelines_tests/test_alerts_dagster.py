@@ -99,7 +99,6 @@ def test_alert_evaluation_job_evaluates_and_delivers(warehouse, slack, rules_pat
     assert warehouse.scalar("SELECT trigger FROM alert_evaluations") == "dagster"
 
 
-@pytest.mark.slow
 def test_alert_evaluation_job_fails_on_a_broken_rules_file(duckdb_warehouse, slack, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("channels: {}\nrules:\n  - name: x\n    metric: m\n    condition: sometimes\n    thresholds: {warning: 1}\n    channels: []\n")
@@ -112,6 +111,7 @@ def test_alert_evaluation_job_fails_on_a_broken_rules_file(duckdb_warehouse, sla
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "rules[0] (x).condition: expected one of" in failure.event_specific_data.error.cause.message
+    assert not [e for e in result.all_events if e.is_step_up_for_retry]  # no retry can fix the file
 
 
 @asset

@@ -64,8 +64,11 @@ def report_metadata(report: EvaluationReport) -> dict[str, MetadataValue]:
 def evaluate_alerts(
     context: OpExecutionContext, config: AlertEvaluationConfig, warehouse: WarehouseResource, alerting: AlertingResource
 ) -> dict:
-    settings = alerting.get_settings()
-    ruleset = load_rules(settings.rules_path)  # a broken rules file fails the run: the failure sensor says so
+    # only a transient error is retried: a broken rules file fails the run at once (the
+    # failure sensor says so) instead of after three retries' back-off (about a minute)
+    with retry_only_transient():
+        settings = alerting.get_settings()
+        ruleset = load_rules(settings.rules_path)
     for warning in ruleset.warnings:
         context.log.warning(f"{ruleset.path}: {warning}")
     at = parse_at(config.at) if config.at else None
