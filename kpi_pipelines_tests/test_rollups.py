@@ -574,19 +574,23 @@ def test_releasing_the_duckdb_file_lets_another_process_write(tmp_path, monkeypa
     assert release_duckdb_file("postgresql+psycopg://u@h/db") == 0
 
 
-def test_dbt_steps_start_from_the_prepared_parse_state_whatever_the_window(duckdb_warehouse):
+def test_dbt_steps_start_from_the_kept_parse_state_whatever_the_window(duckdb_warehouse):
     resource = rollups_dbt_resource(warehouse_resource(duckdb_warehouse))
-    env = resource.get_dbt_env()
-    prepare_manifest(rollups.dbt_project, env)
-    assert partial_parse_path(env).exists()
-    for day in (dt.date(2026, 3, 9), dt.date(2026, 3, 10)):  # another window: the state is still good
+    state = partial_parse_path(resource.get_dbt_env())
+    assert not state.exists()  # a new warehouse: the first invocation parses in full
+    logs = []
+    for day in (dt.date(2026, 3, 9), dt.date(2026, 3, 10), dt.date(2026, 3, 11)):  # the window changes each time
         invocation = resource.cli(["ls", "--select", "stg_events"], extra_env=window_env(day, day + dt.timedelta(days=1)),
                                   raise_on_error=False)
         invocation.wait()
-        log = (invocation.target_path / "dbt.log").read_text()
-        shutil.rmtree(invocation.target_path, ignore_errors=True)
+        logs.append((invocation.target_path / "dbt.log").read_text())
         assert invocation.is_successful(), invocation.get_error()
-        assert "Partial parsing enabled" in log and "Unable to do partial parsing" not in log
+        resource.keep_parse_state(invocation)
+        shutil.rmtree(invocation.target_path, ignore_errors=True)
+        assert state.exists()
+    assert "Partial parsing enabled" not in logs[0]
+    for log in logs[1:]:
+        assert "Partial parsing enabled, no changes found" in log and "Unable to do partial parsing" not in log
 
 
 @pytest.mark.slow

@@ -69,6 +69,7 @@ def _run(
     # each invocation writes its own target directory (manifest, run results, logs); keep a
     # failed one for inspection, drop a successful one so they do not pile up
     if invocation.is_successful():
+        dbt.keep_parse_state(invocation)  # the next dbt steps on this warehouse start from it
         shutil.rmtree(invocation.target_path, ignore_errors=True)
 
 

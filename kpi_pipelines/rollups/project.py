@@ -8,12 +8,15 @@ does. The parse runs in a private target directory and the manifest is moved int
 atomically, under a file lock, so processes loading the definitions together (the
 webserver's code server, the daemon, a run worker) neither parse twice nor read half a file.
 
-The same parse leaves dbt's parse state (`partial_parse.<target>-<digest>.msgpack`, one per
-warehouse profile) beside the manifest. Every dbt step copies it into its own target directory
-(dagster-dbt gives each invocation one), so dbt re-reads only the files changed since
-instead of parsing the whole project again (about 3 s of each step). That is why the run's window reaches dbt as environment variables
-(`DBT_MIN_DATE`, `DBT_MAX_DATE`, read at execution only) rather than `--vars`: dbt throws
-its saved state away whenever the command line's vars differ from the parse's.
+dbt's parse state (`partial_parse.<target>-<digest>.msgpack`, one per warehouse profile) is
+kept beside the manifest: written by that parse and by every successful dbt step
+(`keep_parse_state`). Every dbt step copies it into its own target directory (dagster-dbt
+gives each invocation one), so dbt re-reads only the files changed since instead of parsing
+the whole project again (about 3 s of each step); the first step on a new warehouse parses
+in full and leaves the state for the others. Loading the definitions parses nothing more.
+That is why the run's window reaches dbt as environment variables (`DBT_MIN_DATE`,
+`DBT_MAX_DATE`, read at execution only) rather than `--vars`: dbt throws its saved state
+away whenever the command line's vars differ from the parse's.
 """
 
 from __future__ import annotations
@@ -143,34 +146,20 @@ def parse_project(project: DbtProject = dbt_project, env: Mapping[str, str] | No
 def prepare_manifest(
     project: DbtProject = dbt_project, env: Mapping[str, str] | None = None, force: bool = False
 ) -> bool:
-    """Parse the project when its manifest is missing or stale, or there is no parse state
-    for the profile of `env` (always under `dagster dev`). Returns whether it parsed. A
-    failed parse raises when there is no manifest at all, and otherwise logs a warning and
-    leaves the previous manifest in place; when only the parse state was missing, nothing
-    raises (a read-only directory, say): the dbt steps then parse in full."""
-    state = partial_parse_path(env or {}, project)
-    needs_manifest = force or using_dagster_dev() or manifest_is_stale(project)
-    if not needs_manifest and state.exists():
-        return False
-    try:
-        return _parse_under_lock(project, env, state)
-    except Exception as error:
-        if needs_manifest:
-            raise
-        logger.warning("could not prepare dbt's parse state, dbt steps will parse in full: %s", error)
-        return False
-
-
-def _parse_under_lock(project: DbtProject, env: Mapping[str, str] | None, state: Path) -> bool:
+    """Parse the project when its manifest is missing or stale (always under `dagster dev`).
+    Returns whether it parsed. A failed parse raises when there is no manifest at all, and
+    otherwise logs a warning and leaves the previous manifest in place."""
     from filelock import FileLock
 
+    if not (force or using_dagster_dev() or manifest_is_stale(project)):
+        return False
     target_dir = project.project_dir / project.target_path
     target_dir.mkdir(parents=True, exist_ok=True)
     before = project.manifest_path.stat().st_mtime if project.manifest_path.exists() else 0.0
     with FileLock(str(target_dir / ".manifest.lock"), timeout=300):
         # another process may have parsed while this one waited for the lock
         after = project.manifest_path.stat().st_mtime if project.manifest_path.exists() else 0.0
-        if after > before and not manifest_is_stale(project) and state.exists():
+        if after > before and not manifest_is_stale(project):
             return False
         try:
             seconds = parse_project(project, env)
@@ -183,3 +172,13 @@ def _parse_under_lock(project: DbtProject, env: Mapping[str, str] | None, state:
             return False
     logger.info("parsed the dbt project %s in %.1f s", project.project_dir, seconds)
     return True
+
+
+def keep_parse_state(invocation_target: Path, env: Mapping[str, str], project: DbtProject = dbt_project) -> None:
+    """Keep the parse state a successful dbt invocation (without --vars) left in its target
+    directory as the state of its profile, for the next steps (atomically: another step may
+    be copying the previous one)."""
+    state = invocation_target / PARTIAL_PARSE_FILE
+    if state.exists():
+        os.replace(state, partial_parse_path(env, project))
+        _keep_newest_parse_states(project)

@@ -15,9 +15,9 @@ until no other process (a person's `kpi ingest`, `kpi metrics`) holds it; dbt-du
 connect retries (`DBT_DUCKDB_CONNECT_ATTEMPTS`, profiles.yml) cover another process taking
 the file between that wait and dbt's start.
 
-Each call also gives dbt its own target directory holding a copy of the parse state prepared
-with the manifest (`partial_parse.msgpack`, kpi_pipelines/rollups/project.py), so dbt starts
-from it instead of parsing the project again.
+Each call also gives dbt its own target directory holding a copy of the warehouse's parse
+state (`partial_parse.msgpack`, kpi_pipelines/rollups/project.py), so dbt starts from it
+instead of parsing the project again; `keep_parse_state` keeps a successful step's state.
 """
 
 from __future__ import annotations
@@ -40,7 +40,13 @@ from dagster_dbt import DbtCliResource
 from packaging import version
 from pydantic import Field
 
-from kpi_pipelines.rollups.project import PARTIAL_PARSE_FILE, dbt_executable, dbt_project, partial_parse_path
+from kpi_pipelines.rollups.project import (
+    PARTIAL_PARSE_FILE,
+    dbt_executable,
+    dbt_project,
+    keep_parse_state,
+    partial_parse_path,
+)
 from kpi_pipelines.settings import seconds_setting
 from kpi_pipelines.warehouse import (
     DEFAULT_LOCK_TIMEOUT,
@@ -144,6 +150,11 @@ class RollupsDbtResource(DbtCliResource):
         wait_until_duckdb_file_is_free(self.warehouse_url, self.warehouse_lock_timeout)
         with _environment(env):
             return super().cli(args, **kwargs)
+
+    def keep_parse_state(self, invocation: Any) -> None:
+        """After a successful invocation without --vars: its parse state becomes the one the
+        next invocations on this warehouse start from."""
+        keep_parse_state(invocation.target_path, self.get_dbt_env())
 
     def _target_with_parse_state(self, context: Any, profile_env: Mapping[str, str]) -> Path:
         """A new target directory for one invocation, named as dagster-dbt names its own
