@@ -261,7 +261,7 @@ def measure_materialize(url: str, start: dt.date, end: dt.date, workdir: Path, c
     run = whole_process([KPI, "materialize", "--start", start.isoformat(), "--end", end.isoformat()], env, cwd=str(workdir))
     profile = run_step("profile", str(home))
     verify = run_step("verify", url, start.isoformat(), end.isoformat())
-    return {"seconds": run["seconds"], "peak_mib": run["peak_mib"],
+    return {"seconds": run["seconds"], "cpu_seconds": run["cpu_seconds"], "peak_mib": run["peak_mib"],
             "profile": {key: profile[key] for key in ("run_id", "status", "run_seconds", "steps")},
             "verify": {key: verify[key] for key in ("comparisons", "mismatches")}}
 
@@ -355,8 +355,9 @@ def main() -> int:
                 warehouse_url, start, end, Path(workdir), str(traffic.catalog_path), str(traffic.judgments_path)
             )
             mat["ratio"] = mat["seconds"] / baseline["seconds"]
-            print(f"kpi materialize {start}..{end} (DuckDB): {mat['seconds']:.2f} s = {mat['ratio']:.2f} x read_json, "
-                  f"peak {mat['peak_mib']:,.0f} MiB")
+            mat["cpu_ratio"] = mat["cpu_seconds"] / statistics.median(b["cpu_seconds"] for b in baselines)
+            print(f"kpi materialize {start}..{end} (DuckDB): {mat['seconds']:.2f} s = {mat['ratio']:.2f} x read_json "
+                  f"(CPU {mat['cpu_ratio']:.2f} x), peak {mat['peak_mib']:,.0f} MiB")
             print_profile(mat)
             if mat["verify"]["mismatches"]:
                 (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
