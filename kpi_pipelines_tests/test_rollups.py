@@ -574,6 +574,7 @@ def test_releasing_the_duckdb_file_lets_another_process_write(tmp_path, monkeypa
     assert release_duckdb_file("postgresql+psycopg://u@h/db") == 0
 
 
+@pytest.mark.slow
 def test_dbt_steps_start_from_the_kept_parse_state_whatever_the_window(duckdb_warehouse):
     resource = rollups_dbt_resource(warehouse_resource(duckdb_warehouse))
     state = partial_parse_path(resource.get_dbt_env())
