@@ -119,10 +119,6 @@ class Rule:
     direction: str = "both"  # anomaly rules: which anomalies count
     min_samples: MinSamples | None = None
 
-    @property
-    def has_wildcard(self) -> bool:
-        return any(value == WILDCARD for value in self.dimensions.values())
-
     def matches(self, dimensions: Mapping[str, str]) -> bool:
         """Whether a series' dimension set belongs to this rule (same keys; '*' matches any value)."""
         if set(dimensions) != set(self.dimensions):

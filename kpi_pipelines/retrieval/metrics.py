@@ -12,20 +12,16 @@ import datetime as dt
 from kpi_pipelines.kpis.registry import names_of
 from kpi_pipelines.kpis.store import Metric, metrics_from_columns
 from kpi_pipelines.warehouse import Warehouse
-from kpi_pipelines.warehouse.dialect import Dialect
+from kpi_pipelines.warehouse.dialect import Dialect, as_double
 from kpi_pipelines.warehouse.expressions import normalized_query_sql
 
 # the columns of the query, named as stored (the metric registry keeps the names)
 METRIC_NAMES = names_of("retrieval_metrics")
 
 
-def _double(expression: str) -> str:
-    return f"CAST({expression} AS DOUBLE PRECISION)"
-
-
 def _discounted(gain: str, rank: str) -> str:
     """gain ÷ log2(rank + 1), the DCG term of a 1-based rank."""
-    return f"{_double(gain)} / (ln({_double(f'{rank} + 1')}) / ln({_double('2')}))"
+    return f"{as_double(gain)} / (ln({as_double(f'{rank} + 1')}) / ln({as_double('2')}))"
 
 
 def retrieval_sql(sql: Dialect) -> str:
@@ -81,13 +77,13 @@ def retrieval_sql(sql: Dialect) -> str:
     -- one row per judged query event; an empty result list scores 0 everywhere
     per_event AS (
         SELECT q.event_date,
-               {_double('coalesce(c.relevant_in_top_5, 0)')} / 5 AS precision_at_5,
-               {_double('coalesce(c.relevant_in_top_10, 0)')} / 10 AS precision_at_10,
+               {as_double('coalesce(c.relevant_in_top_5, 0)')} / 5 AS precision_at_5,
+               {as_double('coalesce(c.relevant_in_top_10, 0)')} / 10 AS precision_at_10,
                CASE WHEN q.relevant_judged > 0
-                    THEN {_double('coalesce(c.relevant_in_top_5, 0)')} / q.relevant_judged ELSE 0 END AS recall_at_5,
+                    THEN {as_double('coalesce(c.relevant_in_top_5, 0)')} / q.relevant_judged ELSE 0 END AS recall_at_5,
                CASE WHEN q.relevant_judged > 0
-                    THEN {_double('coalesce(c.relevant_in_top_10, 0)')} / q.relevant_judged ELSE 0 END AS recall_at_10,
-               coalesce(1 / {_double('c.first_relevant_rank')}, 0) AS reciprocal_rank,
+                    THEN {as_double('coalesce(c.relevant_in_top_10, 0)')} / q.relevant_judged ELSE 0 END AS recall_at_10,
+               coalesce(1 / {as_double('c.first_relevant_rank')}, 0) AS reciprocal_rank,
                CASE WHEN q.ideal_dcg_at_10 > 0
                     THEN coalesce(c.dcg_at_10, 0) / q.ideal_dcg_at_10 ELSE 0 END AS ndcg_at_10
         FROM judged_query_events q

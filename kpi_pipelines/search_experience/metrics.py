@@ -13,7 +13,7 @@ import datetime as dt
 from kpi_pipelines.kpis.registry import names_of
 from kpi_pipelines.kpis.store import Metric, metrics_from_columns
 from kpi_pipelines.warehouse import Warehouse
-from kpi_pipelines.warehouse.dialect import Dialect
+from kpi_pipelines.warehouse.dialect import Dialect, as_double
 
 # the columns of the query, named as stored (the metric registry keeps the names)
 METRIC_NAMES = names_of("search_experience_metrics")
@@ -21,13 +21,9 @@ METRIC_NAMES = names_of("search_experience_metrics")
 IN_RANGE = "event_date >= CAST(:start AS DATE) AND event_date < CAST(:end AS DATE)"
 
 
-def _double(expression: str) -> str:
-    return f"CAST({expression} AS DOUBLE PRECISION)"
-
-
 def _share(numerator: str, denominator: str) -> str:
     """numerator ÷ denominator as a double; NULL when the denominator is 0 or NULL."""
-    return f"{_double(numerator)} / NULLIF({denominator}, 0)"
+    return f"{as_double(numerator)} / NULLIF({denominator}, 0)"
 
 
 def search_experience_sql(sql: Dialect) -> str:
@@ -66,7 +62,7 @@ def search_experience_sql(sql: Dialect) -> str:
         SELECT q.event_date, q.session_id, q.no_results, q.is_refinement,
                c.event_id IS NOT NULL AS clicked,
                r.query_id IS NOT NULL AS refined,
-               {_double("extract(epoch FROM (c.first_click_time - q.event_time))")} * 1000 AS time_to_first_click_ms
+               {as_double("extract(epoch FROM (c.first_click_time - q.event_time))")} * 1000 AS time_to_first_click_ms
         FROM query_events q
         LEFT JOIN clicked_queries c USING (event_id)
         LEFT JOIN refined_queries r USING (query_id)
@@ -85,7 +81,7 @@ def search_experience_sql(sql: Dialect) -> str:
         GROUP BY event_date
     ),
     click_days AS (
-        SELECT event_date, avg({_double("metadata->>'position'")}) AS mean_click_position
+        SELECT event_date, avg({as_double("metadata->>'position'")}) AS mean_click_position
         FROM raw_events
         WHERE event_type = 'search' AND action = 'click' AND {IN_RANGE}
         GROUP BY event_date
@@ -93,8 +89,8 @@ def search_experience_sql(sql: Dialect) -> str:
     feedback_days AS (
         SELECT event_date,
                count(*) AS feedbacks,
-               count(*) FILTER (WHERE {_double("metadata->>'satisfaction'")} >= 4) AS satisfied_feedbacks,
-               avg({_double("metadata->>'satisfaction'")}) AS mean_satisfaction
+               count(*) FILTER (WHERE {as_double("metadata->>'satisfaction'")} >= 4) AS satisfied_feedbacks,
+               avg({as_double("metadata->>'satisfaction'")}) AS mean_satisfaction
         FROM raw_events
         WHERE event_type = 'search' AND action = 'feedback' AND {IN_RANGE}
         GROUP BY event_date

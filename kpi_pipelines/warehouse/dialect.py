@@ -7,6 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def as_double(expression: str) -> str:
+    """`expression` as a double on both backends (so integer counts divide as reals)."""
+    return f"CAST({expression} AS DOUBLE PRECISION)"
+
+
 @dataclass(frozen=True)
 class Dialect:
     name: str  # "duckdb" or "postgresql"
