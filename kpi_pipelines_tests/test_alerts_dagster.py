@@ -26,7 +26,6 @@ from dagster import (
 )
 
 from kpi_pipelines.alerts import defs as alert_defs
-from kpi_pipelines.alerts.cli import add_alert_commands
 from kpi_pipelines.alerts.config import AlertingResource
 from kpi_pipelines.alerts.job import alert_evaluation_job, parse_at
 from kpi_pipelines.alerts.sensors import (
@@ -230,19 +229,9 @@ def test_failed_asset_check_sensor_posts_non_blocking_check_failures(slack, rule
 
 @pytest.fixture
 def kpi(monkeypatch, tmp_path, rules_path):
-    """`kpi ...` through kpi_pipelines.cli.main, with the alert commands added if cli.py does not have them yet."""
+    """`kpi ...` through kpi_pipelines.cli.main, on a test warehouse and rules file."""
     from kpi_pipelines import cli
 
-    original = cli.build_parser
-
-    def build_parser():
-        parser = original()
-        subparsers = parser._subparsers._group_actions[0]
-        if "alerts" not in subparsers.choices:
-            add_alert_commands(subparsers)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", build_parser)
     monkeypatch.setenv("KPI_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'cli.duckdb'}")
     monkeypatch.setenv("KPI_ALERT_RULES", str(rules_path))
     monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from dagster import AssetKey, BackfillPolicy, Definitions, instance_for_test
+from dagster import AssetKey, BackfillPolicy, instance_for_test
 from dagster_dbt import DbtProject
 
 from kpi_pipelines import rollups
@@ -68,21 +68,10 @@ def warehouse_resource(warehouse: Warehouse) -> WarehouseResource:
     return WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or "")
 
 
-def rollup_definitions(warehouse: Warehouse) -> Definitions:
-    """The project's definitions with the rollups, bound to a test warehouse (whether or not
-    definitions.py merges the rollups in already)."""
-    base = definitions_for(warehouse)
-    if "dbt" in base.resources:
-        return base
-    return Definitions.merge(
-        base, rollups.defs, Definitions(resources={"dbt": rollups_dbt_resource(warehouse_resource(warehouse))})
-    )
-
-
 def materialize(warehouse: Warehouse, start: dt.date, end: dt.date | None = None):
     """Run daily_assets_job (the whole graph, as `kpi materialize`) for one day or a range
     of days (one run, as a single-run backfill)."""
-    job = rollup_definitions(warehouse).resolve_job_def("daily_assets_job")
+    job = definitions_for(warehouse).resolve_job_def("daily_assets_job")
     end = end or start
     with instance_for_test() as instance:
         if start == end:
@@ -510,7 +499,7 @@ def test_duckdb_and_postgresql_give_the_same_rollups(as_range, on_postgres):
 
 
 def test_the_asset_graph_connects_raw_events_kpis_and_rollups(duckdb_warehouse):
-    defs = rollup_definitions(duckdb_warehouse)
+    defs = definitions_for(duckdb_warehouse)
     defs.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     assert DBT_ASSETS <= graph.get_all_asset_keys()
