@@ -37,6 +37,7 @@ from kpi_pipelines.rollups import (
 )
 from kpi_pipelines.rollups.assets import window_env
 from kpi_pipelines.rollups.project import DBT_PROJECT_DIR, manifest_is_stale, partial_parse_path
+from kpi_pipelines.rollups.resources import RollupsDbtResource
 from kpi_pipelines.synthetic import generate
 
 import kpi_pipelines.warehouse as warehouse_module
@@ -614,3 +615,22 @@ def test_the_manifest_is_parsed_when_missing_or_stale(tmp_path):
     project.manifest_path.unlink()
     with pytest.raises(RuntimeError, match="dbt parse"):
         prepare_manifest(project)
+
+
+def test_the_overridden_dagster_dbt_internals_are_still_the_ones_it_calls():
+    """RollupsDbtResource overrides two private members of DbtCliResource (`_cli_version`,
+    `_initialize_dbt_core_adapter`: about 4 s of each dbt step). No public setting does it,
+    so this pins them: if dagster-dbt is upgraded or stops calling them from `cli`, the
+    overrides would silently do nothing, and this fails instead."""
+    import importlib.metadata
+    import inspect
+    import re
+
+    from dagster_dbt import DbtCliResource
+
+    pinned = re.search(r'"dagster-dbt==([^"]+)"', (Path(__file__).resolve().parents[1] / "setup.py").read_text())
+    assert pinned and importlib.metadata.version("dagster-dbt") == pinned.group(1)
+    calls = inspect.getsource(DbtCliResource.cli)
+    assert "self._cli_version" in calls and "self._initialize_dbt_core_adapter(args)" in calls
+    assert list(inspect.signature(DbtCliResource._initialize_dbt_core_adapter).parameters) == ["self", "args"]
+    assert RollupsDbtResource._initialize_dbt_core_adapter is not DbtCliResource._initialize_dbt_core_adapter
