@@ -72,14 +72,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
 
 
+def warehouse_resource(warehouse: Warehouse):
+    """The project's Dagster warehouse resource for a test warehouse (its URL and schema)."""
+    from kpi_pipelines.warehouse.resource import WarehouseResource
+
+    return WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or "")
+
+
 def definitions_for(warehouse: Warehouse, landing_dir: str = "/nonexistent", after_load: str = "delete"):
     """The project's own definitions, bound to a test warehouse."""
     from kpi_pipelines.definitions import build_definitions
     from kpi_pipelines.ingestion.resources import EventIngestionResource
-    from kpi_pipelines.warehouse import WarehouseResource
 
     return build_definitions(
-        WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or ""),
+        warehouse_resource(warehouse),
         EventIngestionResource(pii_salt=SALT, landing_dir=landing_dir, after_load=after_load),
     )
 

@@ -36,6 +36,7 @@ from kpi_pipelines.alerts.sensors import (
 from kpi_pipelines.alerts.testing import FakeHTTPServer
 from kpi_pipelines.kpis.store import Metric, replace_daily_metrics
 from kpi_pipelines.warehouse import WarehouseResource
+from kpi_pipelines_tests.conftest import warehouse_resource
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -83,7 +84,7 @@ def test_alert_evaluation_job_evaluates_and_delivers(warehouse, slack, rules_pat
     day = dt.date(2026, 3, 11)
     replace_daily_metrics(warehouse, "business_metrics", day, day + dt.timedelta(days=1), [Metric("business.conversion_rate", 0.01, day)])
     resources = {
-        "warehouse": WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or ""),
+        "warehouse": warehouse_resource(warehouse),
         "alerting": alerting(rules_path, slack),
     }
     with instance_for_test() as instance:
@@ -102,7 +103,7 @@ def test_alert_evaluation_job_fails_on_a_broken_rules_file(duckdb_warehouse, sla
     bad = tmp_path / "bad.yaml"
     bad.write_text("channels: {}\nrules:\n  - name: x\n    metric: m\n    condition: sometimes\n    thresholds: {warning: 1}\n    channels: []\n")
     resources = {
-        "warehouse": WarehouseResource(url=duckdb_warehouse.url.render_as_string(hide_password=False)),
+        "warehouse": warehouse_resource(duckdb_warehouse),
         "alerting": alerting(bad, slack),
     }
     with instance_for_test() as instance:

@@ -41,7 +41,7 @@ from sqlalchemy.engine import make_url
 
 from kpi_pipelines.alerts.config import AlertingResource
 from kpi_pipelines.alerts.sensors import failed_asset_check_sensor, run_failure_alert_sensor
-from kpi_pipelines_tests.conftest import postgres_or_skip
+from kpi_pipelines_tests.conftest import postgres_or_skip, warehouse_resource
 from kpi_pipelines_tests.test_alerts_dagster import broken_job
 from kpi_pipelines_tests.test_deployment import fresh_database
 
@@ -326,10 +326,7 @@ def test_a_failing_dbt_test_alerts_with_the_test_name_its_message_and_the_failin
     from kpi_pipelines import rollups
     from kpi_pipelines.kpis.store import Metric, replace_daily_metrics
     from kpi_pipelines.rollups import rollups_dbt_resource
-    from kpi_pipelines.warehouse import WarehouseResource
-
-    dbt = rollups_dbt_resource(WarehouseResource(url=warehouse.url.render_as_string(hide_password=False),
-                                                 schema_name=warehouse.schema or ""))
+    dbt = rollups_dbt_resource(warehouse_resource(warehouse))
     day = dt.date(2026, 3, 10)  # the warehouse's tables (created on first use) and one rate above 1
     replace_daily_metrics(warehouse, "business_metrics", day, day + dt.timedelta(days=1),
                           [Metric("business.conversion_rate", 1.5, day), Metric("business.ctr_rate", 0.5, day)])

@@ -15,6 +15,7 @@ from kpi_pipelines.alerts.rules import (
     load_rules,
     parse_duration,
 )
+from kpi_pipelines_tests.conftest import warehouse_resource
 
 
 def write(tmp_path, text: str):
@@ -276,11 +277,10 @@ def test_the_evaluation_run_logs_the_warnings(duckdb_warehouse, tmp_path):
 
     from kpi_pipelines.alerts.config import AlertingResource
     from kpi_pipelines.alerts.job import alert_evaluation_job
-    from kpi_pipelines.warehouse import WarehouseResource
 
     path = write(tmp_path, UNKNOWN_METRIC_RULES)
     resources = {
-        "warehouse": WarehouseResource(url=duckdb_warehouse.url.render_as_string(hide_password=False)),
+        "warehouse": warehouse_resource(duckdb_warehouse),
         "alerting": AlertingResource(rules_path=str(path)),
     }
     with instance_for_test() as instance:

@@ -15,8 +15,8 @@ from kpi_pipelines.business.assets import business_metrics as business_metrics_a
 from kpi_pipelines.business.metrics import business_metrics
 from kpi_pipelines.ingestion.loader import EventLoader
 from kpi_pipelines.kpis.store import Metric
-from kpi_pipelines.warehouse import Warehouse, WarehouseResource
-from kpi_pipelines_tests.conftest import SALT, event
+from kpi_pipelines.warehouse import Warehouse
+from kpi_pipelines_tests.conftest import SALT, event, warehouse_resource
 
 UTC = dt.timezone.utc
 ZONES = [UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)), dt.timezone(dt.timedelta(hours=-8)),
@@ -206,7 +206,7 @@ def test_lifetime_value_averages_30_days_of_revenue_over_paying_users(warehouse,
 @pytest.mark.slow
 def test_the_asset_replaces_its_partition_rows(warehouse, write_events):
     load(warehouse, write_events, random_events(3, days=3, sessions=40))
-    resource = WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or "")
+    resource = warehouse_resource(warehouse)
     for _ in range(2):
         result = materialize([business_metrics_asset], partition_key="2026-03-02", resources={"warehouse": resource})
         assert result.success

@@ -12,8 +12,7 @@ from dagster import materialize
 
 from kpi_pipelines.content_generation import content_generation_metrics
 from kpi_pipelines.content_generation.metrics import compute_content_generation
-from kpi_pipelines.warehouse import WarehouseResource
-from kpi_pipelines_tests.conftest import event, load_events, metric_values
+from kpi_pipelines_tests.conftest import event, load_events, metric_values, warehouse_resource
 
 D0, D1, D2, D3 = (dt.date(2026, 3, d) for d in (9, 10, 11, 12))
 OVERALL = "{}"
@@ -143,7 +142,7 @@ def test_only_failed_generations_write_no_latency(warehouse, write_events):
 
 def test_asset_writes_its_partition_once(warehouse, write_events):
     load_events(warehouse, write_events, EVENTS)
-    resource = WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or "")
+    resource = warehouse_resource(warehouse)
     for _ in range(2):  # re-materializing replaces the partition's rows
         result = materialize([content_generation_metrics], partition_key=D1.isoformat(), resources={"warehouse": resource})
         assert result.success

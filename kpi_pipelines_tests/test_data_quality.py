@@ -15,8 +15,7 @@ from dagster import materialize
 from kpi_pipelines.data_quality import data_quality_metrics
 from kpi_pipelines.data_quality.metrics import compute_data_quality
 from kpi_pipelines.ingestion.catalog import load_catalog
-from kpi_pipelines.warehouse import WarehouseResource
-from kpi_pipelines_tests.conftest import event, load_events, metric_values
+from kpi_pipelines_tests.conftest import event, load_events, metric_values, warehouse_resource
 
 DAY = dt.date(2026, 3, 10)
 NEXT_DAY = dt.date(2026, 3, 11)
@@ -163,7 +162,7 @@ def test_signal_is_the_daily_mean_of_each_table_and_check(warehouse, write_event
 
 def test_asset_writes_its_partition_once(warehouse, tmp_path):
     load_catalog(warehouse, write_catalog(tmp_path / "catalog.csv", CATALOG))
-    resource = WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or "")
+    resource = warehouse_resource(warehouse)
     for _ in range(2):  # re-materializing replaces the partition's rows
         result = materialize([data_quality_metrics], partition_key=DAY.isoformat(), resources={"warehouse": resource})
         assert result.success

@@ -18,8 +18,8 @@ from kpi_pipelines.ingestion.loader import EventLoader
 from kpi_pipelines.kpis.store import Metric
 from kpi_pipelines.retrieval import retrieval_metrics
 from kpi_pipelines.retrieval.metrics import METRIC_NAMES, compute_retrieval_metrics
-from kpi_pipelines.warehouse import Warehouse, WarehouseResource
-from kpi_pipelines_tests.conftest import SALT, event
+from kpi_pipelines.warehouse import Warehouse
+from kpi_pipelines_tests.conftest import SALT, event, warehouse_resource
 
 JUDGMENTS = [
     ("red shoes", "P1", 3),
@@ -244,7 +244,7 @@ def test_agrees_with_trec_eval_on_a_generated_set(warehouse, write_events, tmp_p
 
 def test_asset_writes_its_partition_once(warehouse, write_events, tmp_path):
     load(warehouse, write_events, tmp_path, [query("a", "red shoes", ["P1"], "2026-03-01T12:00:00Z")], JUDGMENTS)
-    resource = WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or "")
+    resource = warehouse_resource(warehouse)
     for _ in range(2):  # re-materializing replaces the partition's rows
         result = materialize([retrieval_metrics], partition_key="2026-03-01", resources={"warehouse": resource})
         assert result.success

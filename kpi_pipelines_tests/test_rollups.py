@@ -41,8 +41,9 @@ from kpi_pipelines.rollups.resources import RollupsDbtResource
 from kpi_pipelines.synthetic import generate
 
 import kpi_pipelines.warehouse as warehouse_module
-from kpi_pipelines.warehouse import Warehouse, WarehouseResource, release_duckdb_file
+from kpi_pipelines.warehouse import Warehouse, release_duckdb_file
 from kpi_pipelines_tests.conftest import (
+    warehouse_resource,
     SALT,
     definitions_for,
     event,
@@ -63,10 +64,6 @@ KEY = ("metric_name", "dimensions", "timestamp", "aggregation_level")
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def warehouse_resource(warehouse: Warehouse) -> WarehouseResource:
-    return WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or "")
 
 
 def materialize(warehouse: Warehouse, start: dt.date, end: dt.date | None = None):

@@ -11,8 +11,8 @@ from dagster import materialize
 
 from kpi_pipelines.search_experience import search_experience_metrics
 from kpi_pipelines.search_experience.metrics import compute_search_experience_metrics
-from kpi_pipelines.warehouse import Warehouse, WarehouseResource
-from kpi_pipelines_tests.conftest import event, load_events
+from kpi_pipelines.warehouse import Warehouse
+from kpi_pipelines_tests.conftest import event, load_events, warehouse_resource
 
 D = dt.date(2026, 3, 10)
 
@@ -131,7 +131,7 @@ def test_days_without_searches(warehouse, write_events):
 
 def test_asset_writes_its_partition_once(warehouse, write_events):
     load_events(warehouse, write_events, EVENTS)
-    resource = WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or "")
+    resource = warehouse_resource(warehouse)
     for _ in range(2):  # re-materializing replaces the partition's rows
         result = materialize([search_experience_metrics], partition_key=D.isoformat(), resources={"warehouse": resource})
         assert result.success

@@ -14,8 +14,7 @@ from dagster import materialize
 
 from kpi_pipelines.system_performance import system_performance_metrics
 from kpi_pipelines.system_performance.metrics import compute_system_performance
-from kpi_pipelines.warehouse import WarehouseResource
-from kpi_pipelines_tests.conftest import event, load_events, metric_values
+from kpi_pipelines_tests.conftest import event, load_events, metric_values, warehouse_resource
 
 DAY = dt.date(2026, 3, 10)
 NEXT_DAY = dt.date(2026, 3, 11)
@@ -99,7 +98,7 @@ def test_percentiles_agree_with_numpy(warehouse, write_events):
 
 def test_asset_writes_its_partition_once(warehouse, write_events):
     load_events(warehouse, write_events, EVENTS)
-    resource = WarehouseResource(url=warehouse.url.render_as_string(hide_password=False), schema_name=warehouse.schema or "")
+    resource = warehouse_resource(warehouse)
     for _ in range(2):  # re-materializing replaces the partition's rows
         result = materialize([system_performance_metrics], partition_key=DAY.isoformat(), resources={"warehouse": resource})
         assert result.success
