@@ -436,18 +436,6 @@ def print_summary(settings: Settings, start: dt.date, end: dt.date) -> None:
         print(f"  {day} {name} {dims} {direction} (z={'flat history' if z is None else f'{z:.1f}'})")
 
 
-def announce_warehouse(stream: Any) -> None:
-    """One line naming the warehouse (a DuckDB file's absolute path) on `stream`, and one
-    warning line on stderr for a relative DuckDB path inside a git repository."""
-    from kpi_pipelines.display import warehouse_location
-
-    settings = Settings.from_env()
-    line, warning = warehouse_location(settings.warehouse())
-    print(line, file=stream, flush=True)
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kpi", description="KPI pipelines for AutoDescribe: ingest, materialize, inspect.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -521,7 +509,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "opens_warehouse", False):
             # where the data goes, before anything is written; stderr when stdout is data
-            announce_warehouse(sys.stderr if getattr(args, "format", "table") != "table" else sys.stdout)
+            from kpi_pipelines.display import announce_warehouse
+
+            stream = sys.stderr if getattr(args, "format", "table") != "table" else sys.stdout
+            announce_warehouse(Settings.from_env().warehouse(), stream)
         return args.func(args)
     except UsageError as error:
         print(f"kpi: error: {error}", file=sys.stderr)

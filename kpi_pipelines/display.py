@@ -5,7 +5,9 @@ to the working directory, which surprises people who meant an absolute one)."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
+from typing import TextIO
 
 # inside a git repository, the one directory where a relative DuckDB path is expected
 # (the default warehouse, data/kpi.duckdb, and the demo's files)
@@ -22,6 +24,15 @@ def readable_number(value: float, significant: int = 4) -> str:
     decimals = max(0, significant - 1 - math.floor(math.log10(abs(value))))
     text = f"{value:,.{decimals}f}"
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def announce_warehouse(warehouse, stream: TextIO) -> None:
+    """Where `warehouse` is, one line on `stream`, and the relative-path warning, if any, on stderr
+    (every command that opens the warehouse, `kpi serve` included)."""
+    line, warning = warehouse_location(warehouse)
+    print(line, file=stream, flush=True)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
 
 def warehouse_location(warehouse) -> tuple[str, str | None]:

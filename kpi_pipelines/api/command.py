@@ -47,13 +47,10 @@ def announce(settings) -> None:
     """Where the warehouse is and, one line each, that it does not answer (the API then answers
     503 until it does) and which doors are closed."""
     from kpi_pipelines.api.app import ApiState
-    from kpi_pipelines.display import warehouse_location
+    from kpi_pipelines.display import announce_warehouse
     from kpi_pipelines.warehouse import Warehouse, WarehouseError
 
-    line, warning = warehouse_location(Warehouse(settings.warehouse_url, settings.warehouse_schema or None))
-    print(line, flush=True)
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
+    announce_warehouse(Warehouse(settings.warehouse_url, settings.warehouse_schema or None), sys.stdout)
     state = ApiState(settings)
     try:
         if state.warehouse is not None:  # a server: does it answer? (a DuckDB file is opened per request)
