@@ -35,7 +35,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from dagster import EnvVar
 from dagster_dbt import DbtCliResource
 from packaging import version
 from pydantic import Field
@@ -47,7 +46,7 @@ from kpi_pipelines.rollups.project import (
     keep_parse_state,
     partial_parse_path,
 )
-from kpi_pipelines.settings import seconds_setting
+from kpi_pipelines.settings import resource_value, seconds_setting
 from kpi_pipelines.warehouse import (
     DEFAULT_LOCK_TIMEOUT,
     DEFAULT_WAREHOUSE_URL,
@@ -193,8 +192,7 @@ def rollups_dbt_resource(warehouse: WarehouseResource | None = None, **overrides
     """The dbt resource for `warehouse` (the same URL and schema, `EnvVar`s kept as they are
     so the UI shows where they come from); from the environment when `warehouse` is None."""
     if warehouse is None:
-        url: Any = EnvVar("KPI_WAREHOUSE_URL") if os.environ.get("KPI_WAREHOUSE_URL", "").strip() else DEFAULT_WAREHOUSE_URL
-        schema: Any = EnvVar("KPI_WAREHOUSE_SCHEMA") if os.environ.get("KPI_WAREHOUSE_SCHEMA", "").strip() else ""
+        url, schema = resource_value("KPI_WAREHOUSE_URL"), resource_value("KPI_WAREHOUSE_SCHEMA")
         lock_timeout = seconds_setting("KPI_WAREHOUSE_LOCK_TIMEOUT")
     else:
         url, schema, lock_timeout = warehouse.url, warehouse.schema_name, warehouse.lock_timeout
